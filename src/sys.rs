@@ -39,7 +39,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         }
         lim = raised;
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// True when `err` says the process or the system has run out of descriptors
