@@ -199,9 +199,16 @@ fn third_signal_exits_even_when_the_loop_is_stuck() {
         clients.push(c);
     }
     assert!(stuck, "the loop never blocked on its full stderr");
-    for sig in [libc::SIGTERM, libc::SIGTERM, libc::SIGTERM] {
+    let pid = child.id() as i32;
+    for _ in 0..3 {
+        // The kernel merges a signal sent while the same one is pending, so
+        // each goes only after the previous one was delivered. The handler
+        // runs even though the loop is blocked in write(2).
+        wait_until(LIMIT, "the previous SIGTERM to be delivered", || {
+            !is_pending(pid, libc::SIGTERM)
+        });
         // SAFETY: kill(2) on our child.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     }
     let status = wait_child(&mut child, LIMIT);
     assert_eq!(status.code(), Some(0), "exit status after the third signal");

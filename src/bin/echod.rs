@@ -36,13 +36,15 @@ fn run() -> Result<ExitCode, Error> {
     let mut server = Server::bind(config.clone())?;
     server.watch_signals(watcher)?;
     let pid = std::process::id();
-    for addr in server.local_addrs() {
-        info!("listening on {addr} pid={pid}");
-    }
+    // The pid file comes before the readiness lines: once a script sees
+    // `listening on`, the pid file is there to signal.
     let _pid_file = match &config.pid_file {
         Some(path) => Some(PidFile::write(path, pid)?),
         None => None,
     };
+    for addr in server.local_addrs() {
+        info!("listening on {addr} pid={pid}");
+    }
     server.run()?;
     Ok(ExitCode::SUCCESS)
 }

@@ -53,7 +53,8 @@ impl Echod {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if std::env::var_os("RUST_LOG").is_none() {
+        let caller_set_log = cmd.get_envs().any(|(k, _)| k == "RUST_LOG");
+        if std::env::var_os("RUST_LOG").is_none() && !caller_set_log {
             cmd.env("RUST_LOG", "info");
         }
         let mut child = cmd.spawn().expect("spawn echod");
@@ -78,7 +79,7 @@ impl Echod {
             status: None,
         };
         while echod.addrs.len() < listeners {
-            let line = echod.wait_for_line("listening on ", LIMIT);
+            let line = echod.next_line_matching("listening on ", LIMIT);
             echod.addrs.push(parse_listening(&line));
         }
         echod

@@ -1,0 +1,400 @@
+//! Limits and footprint (SPEC "Shape" and "Running"): backpressure bounds
+//! memory, `--max-connections` admission, descriptor exhaustion without
+//! spinning, one thread, and many concurrent connections echoed exactly.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Raises this test process's soft descriptor limit to its hard limit, so a
+/// test that opens many sockets does not fail for a reason of its own.
+fn raise_own_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a valid, owned struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// True when a read on `conn` returns nothing within `window`. Used only to
+/// show that an echo does NOT arrive (there is no OS event for "not yet").
+fn no_echo_within(conn: &mut TcpStream, window: Duration) -> bool {
+    conn.set_read_timeout(Some(window)).expect("read timeout");
+    let mut byte = [0u8; 1];
+    let quiet = match conn.read(&mut byte) {
+        Err(e) => matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        Ok(_) => false,
+    };
+    conn.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    quiet
+}
+
+/// Count of stderr lines seen so far that contain `pattern`.
+fn count_lines(echod: &Echod, pattern: &str) -> usize {
+    echod.seen.iter().filter(|l| l.contains(pattern)).count()
+}
+
+/// Makes the server log a line after everything it was sent so far, and waits
+/// for it: a barrier proving the loop has handled the earlier events.
+#[track_caller]
+fn stats_barrier(echod: &mut Echod) {
+    echod.signal(libc::SIGUSR1);
+    echod.next_line_matching("stats: ", LIMIT);
+}
+
+#[test]
+fn backpressure_keeps_memory_bounded_when_clients_never_read() {
+    const CLIENTS: usize = 20;
+    const MAX_PENDING: u64 = 64 * 1024;
+    const CAP_PER_CLIENT: u64 = 64 << 20;
+    let echod = Echod::spawn(&["--max-pending", "64K"]);
+    let pid = echod.pid();
+    // A round trip first, so the baseline includes the loop's read buffer.
+    let mut warm = echod.connect();
+    assert_eq!(round_trip(&mut warm, b"warm"), b"warm");
+    drop(warm);
+    let baseline = rss_bytes(pid);
+
+    let chunk = random_bytes(64 * 1024, 7);
+    let mut clients: Vec<(TcpStream, u64)> = (0..CLIENTS)
+        .map(|_| {
+            let conn = echod.connect();
+            conn.set_nonblocking(true).expect("non-blocking");
+            (conn, 0)
+        })
+        .collect();
+    // Push until no client has made progress for a second (everything is
+    // held back by flow control) or each has pushed the cap. Quiet for a
+    // second is how "writes block" is observed; there is no event for it.
+    let mut last_progress = Instant::now();
+    let started = Instant::now();
+    while last_progress.elapsed() < Duration::from_secs(1) {
+        assert!(
+            started.elapsed() < LIMIT * 3,
+            "clients were still pushing after {:?}",
+            started.elapsed()
+        );
+        let mut progressed = false;
+        for (conn, sent) in clients.iter_mut() {
+            if *sent >= CAP_PER_CLIENT {
+                continue;
+            }
+            let at = (*sent % chunk.len() as u64) as usize;
+            match conn.write(&chunk[at..]) {
+                Ok(n) => {
+                    *sent += n as u64;
+                    progressed = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write failed: {e}\nstderr:\n{}", echod.stderr()),
+            }
+        }
+        if progressed {
+            last_progress = Instant::now();
+        } else if clients.iter().all(|(_, sent)| *sent >= CAP_PER_CLIENT) {
+            break;
+        } else {
+            // Nothing moved this round; do not burn the CPU echod needs.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let pushed: u64 = clients.iter().map(|(_, sent)| *sent).sum();
+    let rss = rss_bytes(pid);
+    let bound = baseline + CLIENTS as u64 * (MAX_PENDING + 64 * 1024) + (8 << 20);
+    eprintln!(
+        "note: baseline RSS {baseline} B, RSS {rss} B after {pushed} B pushed, bound {bound} B"
+    );
+    assert!(
+        rss < bound,
+        "echod RSS {rss} exceeds {bound} (baseline {baseline}) after clients pushed {pushed} bytes\nstderr:\n{}",
+        echod.stderr()
+    );
+    // The pushes must have gone well past what the server may hold, or the
+    // bound above proves nothing.
+    assert!(
+        pushed > CLIENTS as u64 * MAX_PENDING * 4,
+        "clients pushed only {pushed} bytes"
+    );
+    assert!(
+        clients.iter().all(|(_, sent)| *sent < CAP_PER_CLIENT),
+        "a client pushed {CAP_PER_CLIENT} bytes without being held back"
+    );
+
+    // Not stuck: a fresh connection is served at once.
+    let mut fresh = echod.connect();
+    let data = random_bytes(10_000, 8);
+    assert_eq!(round_trip(&mut fresh, &data), data);
+
+    // And a held-back connection resumes, byte-exact, once its client reads.
+    let (held, _) = &mut clients[0];
+    held.set_nonblocking(false).expect("blocking");
+    held.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    let mut back = vec![0u8; 1 << 20];
+    held.read_exact(&mut back).expect("read held-back echo");
+    for (i, (got, want)) in back.iter().zip(chunk.iter().cycle()).enumerate() {
+        assert_eq!(got, want, "held-back echo differs at byte {i}");
+    }
+}
+
+#[test]
+fn max_connections_holds_new_connections_in_the_backlog_until_one_closes() {
+    let mut echod = Echod::spawn(&["--max-connections", "3"]);
+    let mut served: Vec<TcpStream> = (0..3).map(|_| echod.connect()).collect();
+    for (i, conn) in served.iter_mut().enumerate() {
+        let data = format!("conn {i}");
+        assert_eq!(round_trip(conn, data.as_bytes()), data.as_bytes());
+    }
+
+    // The 4th connect completes in the kernel backlog...
+    let mut fourth = echod.connect();
+    fourth.write_all(b"fourth").expect("write to 4th");
+    echod.wait_for_line("connection limit reached", LIMIT);
+    // ...but nobody reads it while the three are open. 300 ms of silence is
+    // the evidence; there is no OS event for "not accepted".
+    assert!(
+        no_echo_within(&mut fourth, Duration::from_millis(300)),
+        "the 4th connection was served beyond --max-connections 3\nstderr:\n{}",
+        echod.stderr()
+    );
+
+    // More attempts while at the limit: still one warning for the episode.
+    let mut extra: Vec<TcpStream> = (0..5).map(|_| echod.connect()).collect();
+    for conn in &mut extra {
+        conn.write_all(b"extra").expect("write to extra");
+    }
+    stats_barrier(&mut echod);
+    assert_eq!(
+        count_lines(&echod, "connection limit reached"),
+        1,
+        "one warning per episode\nstderr:\n{}",
+        echod.stderr()
+    );
+
+    // Closing one of the three lets the 4th (first in the backlog) in.
+    drop(served.remove(0));
+    let mut back = [0u8; 6];
+    fourth
+        .read_exact(&mut back)
+        .unwrap_or_else(|e| panic!("4th echo did not arrive: {e}\nstderr:\n{}", echod.stderr()));
+    assert_eq!(&back, b"fourth");
+    echod.wait_for_line("connection limit cleared", LIMIT);
+    // The remaining two are still served.
+    for conn in &mut served {
+        assert_eq!(round_trip(conn, b"still"), b"still");
+    }
+}
+
+#[test]
+fn descriptor_exhaustion_backs_off_without_spinning_and_recovers() {
+    const CONNECTIONS: usize = 40;
+    raise_own_nofile_limit();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "0.5",
+        "--log-level",
+        "debug",
+    ]);
+    // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+    // Both limits are 32 because echod raises its soft limit to the hard one.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 32,
+                rlim_max: 32,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut echod = Echod::spawn_command(cmd, 1);
+    let pid = echod.pid();
+
+    // All of them connect: the kernel completes handshakes into the backlog.
+    let mut conns: Vec<TcpStream> = (0..CONNECTIONS).map(|_| echod.connect()).collect();
+    let warning = echod.wait_for_line("cannot accept", LIMIT);
+    let warned_at = Instant::now();
+    assert!(
+        warning.contains("WARN") && warning.contains("too many open files"),
+        "{warning:?}"
+    );
+
+    // Which connections got in: accepted ones are logged (debug) before the
+    // accept that failed, and the log names the client's own address.
+    let before_warning = echod
+        .seen
+        .iter()
+        .take_while(|l| !l.contains("cannot accept"))
+        .filter(|l| l.contains("connection opened: peer="))
+        .map(|l| l.to_owned())
+        .collect::<Vec<_>>();
+    let accepted: HashSet<String> = before_warning
+        .iter()
+        .filter_map(|l| l.split("peer=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let is_accepted =
+        |c: &TcpStream| accepted.contains(&c.local_addr().expect("local addr").to_string());
+    let in_count = conns.iter().filter(|c| is_accepted(c)).count();
+    assert!(
+        in_count > 0 && in_count < CONNECTIONS,
+        "{in_count} of {CONNECTIONS} accepted under a 32-descriptor limit\nstderr:\n{}",
+        echod.stderr()
+    );
+
+    // Open connections are still served while accepting is paused.
+    for (i, conn) in conns.iter_mut().enumerate() {
+        if is_accepted(conn) {
+            let data = random_bytes(500, i as u64);
+            assert_eq!(round_trip(conn, &data), data, "connection {i}");
+        }
+    }
+
+    // No spin while the rest wait in the backlog: over a one-second window
+    // the server may wake for its back-off retries, but must stay far from
+    // a busy loop (100 ticks = one core for one second at USER_HZ 100).
+    let ticks_before = cpu_ticks(pid);
+    let window = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - ticks_before;
+    let elapsed = window.elapsed();
+    eprintln!(
+        "note: {in_count} of {CONNECTIONS} accepted; {used} CPU ticks in {elapsed:?} of back-off"
+    );
+    assert!(
+        used < 50,
+        "echod used {used} CPU ticks in {elapsed:?} while connections waited\nstderr:\n{}",
+        echod.stderr()
+    );
+    // And the warning is rate-limited (at most once a second).
+    stats_barrier(&mut echod);
+    let warnings = count_lines(&echod, "cannot accept");
+    let allowed = warned_at.elapsed().as_secs() as usize + 2;
+    assert!(
+        warnings <= allowed,
+        "{warnings} `cannot accept` warnings in {:?}\nstderr:\n{}",
+        warned_at.elapsed(),
+        echod.stderr()
+    );
+
+    // Free descriptors: the first waiting connection (the backlog is FIFO)
+    // is accepted by a back-off retry and gets its echo.
+    let first_waiting = conns
+        .iter()
+        .position(|c| !is_accepted(c))
+        .expect("a waiting connection");
+    let mut waiting = conns.remove(first_waiting);
+    let mut closed = 0;
+    conns.retain(|c| {
+        if closed < 3 && is_accepted(c) {
+            closed += 1;
+            false
+        } else {
+            true
+        }
+    });
+    let data = random_bytes(700, 99);
+    let back = round_trip(&mut waiting, &data);
+    assert_eq!(
+        back, data,
+        "echo for a connection that waited in the backlog"
+    );
+}
+
+#[test]
+fn the_server_runs_on_exactly_one_thread() {
+    let echod = Echod::spawn(&[]);
+    let mut conns: Vec<TcpStream> = (0..8).map(|_| echod.connect()).collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        let data = random_bytes(4096, i as u64);
+        assert_eq!(round_trip(conn, &data), data);
+    }
+    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", echod.pid()))
+        .expect("read /proc/PID/task")
+        .map(|e| {
+            e.expect("task entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(tasks, vec![echod.pid().to_string()], "threads of echod");
+}
+
+#[test]
+fn two_hundred_concurrent_connections_echo_byte_exact() {
+    const CONNECTIONS: usize = 200;
+    const THREADS: usize = 4;
+    raise_own_nofile_limit();
+    let echod = Echod::spawn(&[]);
+    let addr = echod.addr();
+    // Every connection is open before any data moves, so all 200 are live at once.
+    let conns: Vec<TcpStream> = (0..CONNECTIONS).map(|_| connect(addr)).collect();
+    let mut groups: Vec<Vec<(usize, TcpStream)>> = (0..THREADS).map(|_| Vec::new()).collect();
+    for (i, conn) in conns.into_iter().enumerate() {
+        groups[i % THREADS].push((i, conn));
+    }
+    let workers: Vec<_> = groups
+        .into_iter()
+        .map(|group| {
+            std::thread::spawn(move || {
+                let mut group: Vec<(usize, TcpStream, Vec<u8>)> = group
+                    .into_iter()
+                    .map(|(i, conn)| {
+                        // Sizes from 1 byte to 48 KiB: the echo always fits in
+                        // the client's receive buffer, so writing all before
+                        // reading cannot deadlock.
+                        let len = 1 + (i * 7919) % (48 * 1024);
+                        (i, conn, random_bytes(len, 1000 + i as u64))
+                    })
+                    .collect();
+                // Interleave the writes in three slices across the group.
+                for part in 0..3 {
+                    for (_, conn, data) in group.iter_mut() {
+                        let from = data.len() * part / 3;
+                        let to = data.len() * (part + 1) / 3;
+                        conn.write_all(&data[from..to]).expect("write");
+                    }
+                }
+                for (i, conn, data) in group.iter_mut() {
+                    let mut back = vec![0u8; data.len()];
+                    conn.read_exact(&mut back)
+                        .unwrap_or_else(|e| panic!("connection {i}: read echo: {e}"));
+                    if let Some(at) = back.iter().zip(data.iter()).position(|(a, b)| a != b) {
+                        panic!(
+                            "connection {i}: echo differs at byte {at} of {}",
+                            data.len()
+                        );
+                    }
+                }
+                group.len()
+            })
+        })
+        .collect();
+    let mut verified = 0;
+    for worker in workers {
+        match worker.join() {
+            Ok(n) => verified += n,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+    assert_eq!(verified, CONNECTIONS, "stderr:\n{}", echod.stderr());
+}
