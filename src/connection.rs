@@ -660,3 +660,15 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod size {
+    #[test]
+    fn a_connection_stays_small() {
+        // docs/design.md's memory model quotes 48 bytes. Debug builds are
+        // bigger: mio keeps a selector id in each socket under debug_assertions.
+        let conn = std::mem::size_of::<super::Connection>();
+        let limit = if cfg!(debug_assertions) { 64 } else { 48 };
+        assert!(conn <= limit, "Connection is {conn} bytes");
+    }
+}
