@@ -99,3 +99,101 @@ pub fn process_cpu_time() -> (Duration, Duration) {
     };
     (tv(usage.ru_utime), tv(usage.ru_stime))
 }
+
+/// Unblocks `signals` in this thread's signal mask.
+///
+/// A process inherits its mask from whoever started it; a blocked drain
+/// signal would never reach the loop.
+///
+/// # Errors
+///
+/// Returns the OS error from `pthread_sigmask`.
+pub fn unblock_signals(signals: &[libc::c_int]) -> io::Result<()> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid and writable; the signal numbers are valid constants.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
+    }
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Registers a handler that counts deliveries of `signal` in `count` and,
+/// on the `limit`-th delivery of any signal sharing the counter, removes
+/// `unlink` (the pid file), says so on stderr and `_exit(0)`s at once.
+///
+/// This is SPEC "Draining" 6's third signal: it works even when the loop is
+/// stuck, because it runs in the handler. The counter also lets the loop
+/// count signals that signal-hook-mio merged into one report.
+///
+/// # Errors
+///
+/// Returns the OS error from `sigaction`.
+pub fn register_escalation(
+    signal: libc::c_int,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    limit: usize,
+    unlink: Option<std::ffi::CString>,
+) -> io::Result<signal_hook::SigId> {
+    use std::sync::atomic::Ordering;
+    let action = move || {
+        if count.fetch_add(1, Ordering::SeqCst) + 1 >= limit {
+            // Only async-signal-safe calls here: unlink, write, _exit.
+            if let Some(path) = &unlink {
+                // SAFETY: `path` is a valid NUL-terminated string owned by the closure.
+                unsafe { libc::unlink(path.as_ptr()) };
+            }
+            let msg = b"echod: third signal: exiting now\n";
+            // SAFETY: writing a static buffer to stderr.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            signal_hook::low_level::exit(0);
+        }
+    };
+    // SAFETY: the action only touches an atomic and calls async-signal-safe functions.
+    unsafe { signal_hook::low_level::register(signal, action) }
+}
+
+/// Listening sockets handed over by a service manager (`LISTEN_PID` names
+/// this process, `LISTEN_FDS` counts them from fd 3), or `None` when there are none.
+///
+/// The variables are left as they are: a child has another PID, so
+/// `LISTEN_PID` never names it.
+///
+/// # Errors
+///
+/// Returns a one-line description when the variables are malformed or a
+/// descriptor is not a listening TCP socket.
+pub fn inherited_listeners() -> Result<Option<Vec<std::net::TcpListener>>, String> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fds = sd_notify::listen_fds().map_err(|err| format!("LISTEN_FDS: {err}"))?;
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let mut listeners = Vec::with_capacity(fds.len());
+    for fd in fds {
+        // SAFETY: the service manager passed these descriptors to this process
+        // (LISTEN_PID matched) and nothing else in the process owns them.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let socket = socket2::Socket::from(owned);
+        let is_stream = socket.r#type().map(|t| t == socket2::Type::STREAM);
+        let is_listener = socket.is_listener();
+        if !matches!((is_stream, is_listener), (Ok(true), Ok(true))) {
+            // Give the descriptor back untouched: it is not ours to close.
+            std::mem::forget(socket);
+            return Err(format!("fd {fd} is not a listening TCP socket"));
+        }
+        socket
+            .set_nonblocking(true)
+            .map_err(|err| format!("fd {fd}: {err}"))?;
+        listeners.push(std::net::TcpListener::from(socket));
+    }
+    Ok(Some(listeners))
+}

@@ -1,1 +1,88 @@
-fn main() {}
+//! The `echod` binary: argv -> Config -> logger -> signals -> bind -> pid
+//! file -> run -> exit status (SPEC "Command line").
+//!
+//! Everything else lives in the library. Signal handlers go in before the
+//! listeners are created, so a signal that arrives during start-up is queued
+//! in the pipe rather than killing the process with clients in the backlog.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use echod::{Command, Config, Error, Server, SignalWatcher};
+use log::{LevelFilter, info};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("echod: {err}");
+            err.exit_code().into()
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, Error> {
+    let config = match echod::config::parse_args(std::env::args_os().skip(1))? {
+        Command::Run(config) => config,
+        Command::Help => return Ok(print_and_exit(echod::config::HELP)),
+        Command::Version => {
+            let version = format!("echod {}\n", env!("CARGO_PKG_VERSION"));
+            return Ok(print_and_exit(&version));
+        }
+    };
+    init_logger(&config);
+    let watcher = SignalWatcher::install(config.pid_file.as_deref())?;
+    let mut server = Server::bind(config.clone())?;
+    server.watch_signals(watcher)?;
+    let pid = std::process::id();
+    for addr in server.local_addrs() {
+        info!("listening on {addr} pid={pid}");
+    }
+    let _pid_file = match &config.pid_file {
+        Some(path) => Some(PidFile::write(path, pid)?),
+        None => None,
+    };
+    server.run()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_and_exit(text: &str) -> ExitCode {
+    // A closed stdout (`echod --help | head -0`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    ExitCode::SUCCESS
+}
+
+fn init_logger(config: &Config) {
+    let logger = simple_logger::SimpleLogger::new().with_level(LevelFilter::Info);
+    let logger = match config.log_level {
+        Some(level) => logger.with_level(level),
+        // RUST_LOG, when set, overrides the default.
+        None => logger.env(),
+    };
+    // Only fails if a logger is already installed, which cannot happen here.
+    let _ = logger.with_utc_timestamps().init();
+}
+
+/// The pid file: written after binding, removed when dropped at exit.
+struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    fn write(path: &Path, pid: u32) -> Result<PidFile, Error> {
+        std::fs::write(path, format!("{pid}\n")).map_err(|source| Error::PidFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(PidFile {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,378 @@
+//! `Connection`: one client socket, its unsent echo bytes and its phase, and
+//! the read/write/notice steps that move it (SPEC "Running" and "Draining" 3).
+//!
+//! A connection never touches the `Poll`: each step returns a [`Step`] that
+//! says which readiness it waits for next, or that it is finished. The server
+//! owns registration. Reads go into the loop's one shared buffer and are
+//! written straight back from it; only the bytes the kernel would not take
+//! yet are copied into the connection's own `pending` vector, so an idle or
+//! keeping-up connection owns no heap memory at all.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+
+use mio::Interest;
+
+/// The socket operations a connection needs; implemented for
+/// `mio::net::TcpStream`, and by a scripted fake in the unit tests.
+pub trait Stream {
+    /// Reads like `Read::read` on a non-blocking socket.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes like `Write::write` on a non-blocking socket.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Shuts down the write side: the peer reads end-of-stream after the queued bytes.
+    fn shutdown_write(&mut self) -> io::Result<()>;
+    /// Bytes waiting in the socket's receive buffer (`FIONREAD`).
+    fn unread_bytes(&self) -> io::Result<usize>;
+}
+
+impl Stream for mio::net::TcpStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(self, buf)
+    }
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Write::write(self, buf)
+    }
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.shutdown(Shutdown::Write)
+    }
+    fn unread_bytes(&self) -> io::Result<usize> {
+        crate::sys::unread_bytes(self)
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Normal service: everything read is echoed.
+    Echoing,
+    /// The drain began: `owed` more bytes (those already in the receive
+    /// buffer at drain start) are read and echoed, then the notice is queued.
+    Draining {
+        /// Bytes still to read and echo before the notice.
+        owed: usize,
+    },
+    /// The notice is queued behind the last echo bytes; waiting for the kernel to take them.
+    Noticing,
+    /// The notice is sent and the write side is shut; input is read and discarded until EOF.
+    Lingering,
+}
+
+/// What the loop should do with a connection after a step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Keep it, waiting for `interest`.
+    Keep {
+        /// The readiness to wait for next.
+        interest: Interest,
+        /// True when reading stopped at the per-event cap with input left:
+        /// the loop must come back to it without waiting for a new edge.
+        more: bool,
+    },
+    /// Remove it: the peer is done, or the socket failed.
+    Close(Closed),
+}
+
+/// Why a connection closed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The peer closed its side and everything owed to it was sent.
+    PeerDone,
+    /// The socket failed (reset, broken pipe, ...).
+    Failed(io::ErrorKind),
+}
+
+/// The loop's shared state a step needs: the one read buffer, the notice,
+/// the limits, and a counter the step adds echoed bytes to.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    /// The loop's one read buffer, shared by every connection.
+    pub buf: &'a mut [u8],
+    /// The notice bytes (`--shutdown-message`).
+    pub notice: &'a [u8],
+    /// `--max-pending`: unsent bytes a connection may hold before reading pauses.
+    pub max_pending: usize,
+    /// Reads one connection may do per event, so one fast peer cannot starve the rest.
+    pub reads_per_event: usize,
+    /// Running total of bytes read and queued for echo.
+    pub bytes_echoed: u64,
+}
+
+/// What the event said about the socket.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Readiness {
+    /// The socket may have input (or an error, or EOF) to read.
+    pub readable: bool,
+    /// The event also reported the peer's end-of-stream (`Event::is_read_closed`).
+    pub read_closed: bool,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub struct Connection<S = mio::net::TcpStream> {
+    /// The socket.
+    stream: S,
+    /// Echo bytes read but not yet written; holds heap memory only while non-empty,
+    /// and never more than `max_pending` plus one notice.
+    pending: Vec<u8>,
+    /// Where the connection is in its life.
+    phase: Phase,
+    /// The peer's end-of-stream has been read; nothing more will arrive.
+    read_closed: bool,
+    /// Reading stopped with input possibly left (backpressure or the per-event
+    /// cap), so the next step reads even without a readable edge.
+    read_paused: bool,
+    /// The interest the socket is registered with; kept by the server.
+    pub registered: Interest,
+}
+
+impl<S: Stream> Connection<S> {
+    /// A new connection in the `Echoing` phase, registered for reading.
+    pub fn new(stream: S) -> Self {
+        Connection {
+            stream,
+            pending: Vec::new(),
+            phase: Phase::Echoing,
+            read_closed: false,
+            read_paused: false,
+            registered: Interest::READABLE,
+        }
+    }
+
+    /// The socket, for registration.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Handles a readiness event: flush what is pending, read and echo what
+    /// the phase allows, move the phase on, and say what to wait for next.
+    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, ready: Readiness) -> Step {
+        match self.advance(ctx, ready) {
+            Ok(more) => self.next_step(more),
+            Err(err) => Step::Close(Closed::Failed(err.kind())),
+        }
+    }
+
+    /// Starts this connection's drain (SPEC "Draining" 3): the bytes in the
+    /// receive buffer right now are owed an echo, then the notice follows.
+    pub fn begin_drain(&mut self, ctx: &mut Ctx<'_>) -> Step {
+        let owed = if self.read_closed {
+            0
+        } else {
+            // If FIONREAD fails, read until WouldBlock instead: still bounded
+            // by what is queued, so the notice is not delayed by later input.
+            self.stream.unread_bytes().unwrap_or(usize::MAX)
+        };
+        self.phase = Phase::Draining { owed };
+        self.on_ready(
+            ctx,
+            Readiness {
+                readable: true,
+                read_closed: false,
+            },
+        )
+    }
+
+    /// Reads and drops whatever input is queued (bounded), so that closing
+    /// the socket sends FIN rather than RST (the kernel resets a socket closed
+    /// with unread input, which can destroy a notice still in flight).
+    pub fn discard_unread(&mut self, buf: &mut [u8]) {
+        for _ in 0..64 {
+            match self.stream.read(buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn advance(&mut self, ctx: &mut Ctx<'_>, ready: Readiness) -> io::Result<bool> {
+        self.flush()?;
+        let may_read = (ready.readable || self.read_paused) && !self.read_closed;
+        let mut more = false;
+        match self.phase {
+            Phase::Echoing | Phase::Draining { .. } if may_read => {
+                more = self.pump(ctx, ready.read_closed)?;
+            }
+            Phase::Lingering if may_read => more = self.discard(ctx, ready.read_closed)?,
+            _ => {}
+        }
+        if let Phase::Draining { owed } = self.phase {
+            if owed == 0 || self.read_closed {
+                // SPEC Draining 3: the echo of what arrived before the drain, then the notice.
+                self.send(ctx.notice)?;
+                self.phase = Phase::Noticing;
+                more = false;
+            }
+        }
+        if self.phase == Phase::Noticing && self.pending.is_empty() {
+            // SPEC Draining 3: notice, then FIN; from then on read and discard.
+            self.stream.shutdown_write()?;
+            self.phase = Phase::Lingering;
+            if !self.read_closed {
+                more = self.discard(ctx, ready.read_closed)?;
+            }
+        }
+        Ok(more)
+    }
+
+    /// Reads and echoes until the socket is empty, the pending bound is hit,
+    /// the drain's owed bytes are done, or the per-event cap is reached.
+    /// Returns true when it stopped at the cap with input possibly left.
+    fn pump(&mut self, ctx: &mut Ctx<'_>, eof_reported: bool) -> io::Result<bool> {
+        self.read_paused = false;
+        for _ in 0..ctx.reads_per_event {
+            let room = ctx.max_pending.saturating_sub(self.pending.len());
+            let owed = match self.phase {
+                Phase::Draining { owed } => owed,
+                _ => usize::MAX,
+            };
+            if room == 0 {
+                // SPEC Running: backpressure; TCP flow control slows the peer.
+                self.read_paused = true;
+                return Ok(false);
+            }
+            if owed == 0 {
+                return Ok(false);
+            }
+            let want = ctx.buf.len().min(room).min(owed);
+            let n = match self.stream.read(&mut ctx.buf[..want]) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    return Ok(false);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Phase::Draining { owed } = &mut self.phase {
+                        // Fewer bytes than FIONREAD said: nothing more is owed.
+                        *owed = 0;
+                    }
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            ctx.bytes_echoed += n as u64;
+            let draining = if let Phase::Draining { owed } = &mut self.phase {
+                *owed -= n;
+                true
+            } else {
+                false
+            };
+            self.send(&ctx.buf[..n])?;
+            // SPEC Running: a short read means the receive buffer is now empty,
+            // which saves the read that would only return WouldBlock. Not when
+            // the event also reported EOF: that EOF must still be read. Not
+            // while draining either, where `owed` decides.
+            if n < want && !eof_reported && !draining {
+                return Ok(false);
+            }
+        }
+        self.read_paused = true;
+        Ok(true)
+    }
+
+    /// Reads and drops input while lingering. Returns true at the per-event cap.
+    fn discard(&mut self, ctx: &mut Ctx<'_>, eof_reported: bool) -> io::Result<bool> {
+        self.read_paused = false;
+        for _ in 0..ctx.reads_per_event {
+            match self.stream.read(ctx.buf) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    return Ok(false);
+                }
+                Ok(n) if n < ctx.buf.len() && !eof_reported => return Ok(false),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.read_paused = true;
+        Ok(true)
+    }
+
+    /// Sends `bytes` after whatever is pending: straight from the caller's
+    /// buffer when nothing is pending, and only the remainder is copied.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if !self.pending.is_empty() {
+            // The last write hit a full socket buffer: writing now would only
+            // return WouldBlock. Keep the order; the writable event flushes.
+            self.pending.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let sent = write_some(&mut self.stream, bytes)?;
+        self.pending.extend_from_slice(&bytes[sent..]);
+        Ok(())
+    }
+
+    /// Writes as much of `pending` as the kernel takes.
+    fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let sent = write_some(&mut self.stream, &self.pending)?;
+        if sent == self.pending.len() {
+            // Give the memory back: an idle connection owns no heap.
+            self.pending = Vec::new();
+        } else {
+            self.pending.drain(..sent);
+        }
+        Ok(())
+    }
+
+    fn next_step(&mut self, more: bool) -> Step {
+        let interest = match self.phase {
+            Phase::Echoing if self.read_closed => {
+                if self.pending.is_empty() {
+                    // SPEC Running: a half-closed peer got all its echo; close.
+                    return Step::Close(Closed::PeerDone);
+                }
+                Interest::WRITABLE
+            }
+            Phase::Lingering if self.read_closed => return Step::Close(Closed::PeerDone),
+            Phase::Noticing => Interest::WRITABLE,
+            Phase::Lingering => Interest::READABLE,
+            Phase::Echoing | Phase::Draining { .. } => {
+                if self.pending.is_empty() {
+                    Interest::READABLE
+                } else {
+                    Interest::READABLE | Interest::WRITABLE
+                }
+            }
+        };
+        Step::Keep { interest, more }
+    }
+}
+
+/// Writes from `bytes` until the kernel stops taking them; returns how many it took.
+///
+/// A short write means the socket buffer is full, so it stops there instead
+/// of making a second call that would only return WouldBlock.
+fn write_some<S: Stream>(stream: &mut S, bytes: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match stream.write(&bytes[sent..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                sent += n;
+                if sent < bytes.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}

@@ -1,0 +1,93 @@
+//! systemd's notification protocol (SPEC "Operations"): `READY=1` once
+//! listening, `STATUS=` as the state changes, `STOPPING=1` at drain start.
+//!
+//! A no-op unless `NOTIFY_SOCKET` is set. Status lines are rate-limited to
+//! one a second so that a busy server does not send a datagram per connection;
+//! the loop's poll timeout includes [`Notifier::next_wakeup`].
+
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+
+/// Least time between two `STATUS=` updates while serving.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sends state changes to the service manager, when there is one.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    /// `NOTIFY_SOCKET` was set at start.
+    enabled: bool,
+    /// A status update is owed at this instant (the count changed).
+    status_due: Option<Instant>,
+    /// The connection count last reported.
+    reported: Option<usize>,
+}
+
+impl Notifier {
+    /// Enabled when `NOTIFY_SOCKET` is set.
+    pub fn from_env() -> Self {
+        Notifier {
+            enabled: std::env::var_os("NOTIFY_SOCKET").is_some(),
+            ..Notifier::default()
+        }
+    }
+
+    /// `READY=1` with the first status line.
+    pub fn ready(&mut self, connections: usize) {
+        self.reported = Some(connections);
+        self.send(&[
+            NotifyState::Ready,
+            NotifyState::Status(&format!("serving {connections} connections")),
+        ]);
+    }
+
+    /// `STOPPING=1`, once, as the drain begins.
+    pub fn stopping(&mut self) {
+        self.status_due = None;
+        self.send(&[NotifyState::Stopping]);
+    }
+
+    /// Notes a change in the connection count; a status update follows within a second.
+    pub fn connections_changed(&mut self, _connections: usize, now: Instant) {
+        if self.enabled && self.status_due.is_none() {
+            self.status_due = Some(now + STATUS_INTERVAL);
+        }
+    }
+
+    /// When the next status update is due.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.status_due
+    }
+
+    /// Sends the status owed by now: serving, or (with `remaining`) draining.
+    pub fn on_clock(&mut self, now: Instant, connections: usize, remaining: Option<Duration>) {
+        if !self.enabled {
+            return;
+        }
+        if let Some(remaining) = remaining {
+            let text = format!(
+                "draining, {connections} left, {:.0}s to go",
+                remaining.as_secs_f64()
+            );
+            self.send(&[NotifyState::Status(&text)]);
+            return;
+        }
+        if self.status_due.is_some_and(|due| now >= due) {
+            self.status_due = None;
+            if self.reported != Some(connections) {
+                self.reported = Some(connections);
+                let text = format!("serving {connections} connections");
+                self.send(&[NotifyState::Status(&text)]);
+            }
+        }
+    }
+
+    fn send(&self, states: &[NotifyState<'_>]) {
+        if !self.enabled {
+            return;
+        }
+        if let Err(err) = sd_notify::notify(states) {
+            log::debug!("cannot notify the service manager: {err}");
+        }
+    }
+}

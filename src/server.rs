@@ -1,0 +1,559 @@
+//! `Server`: the one `Poll`, its sources and tokens, event dispatch and the
+//! poll timeout (SPEC "Shape"; STYLE "Loop shape").
+//!
+//! This is the only module that owns the `Poll` and registers, reregisters
+//! or deregisters sources. Connections say what they want next
+//! ([`crate::connection::Step`]); the lifecycle says when the drain starts and
+//! ends ([`crate::drain::Lifecycle`]); accepting lives in `accept.rs`. The
+//! loop: compute the timeout from the nearest deadline, poll (retrying on
+//! `Interrupted`), dispatch by token, remove connections closed during the
+//! batch, let the lifecycle react to the clock, stop at `Stopped`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::event::Event;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::connection::{Closed, Connection, Ctx, Readiness, Step};
+use crate::drain::{DrainEnd, DrainReason, Due, Lifecycle, State};
+use crate::error::Error;
+use crate::notify::Notifier;
+use crate::shutdown::ShutdownHandle;
+use crate::signals::SignalWatcher;
+
+/// The signal pipe's token; the slab never reaches the top of the range.
+pub(crate) const SIGNAL_TOKEN: Token = Token(usize::MAX);
+/// The waker's token ([`ShutdownHandle::drain`]).
+pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+/// Listener `index`'s token, counting down from below the waker's.
+pub(crate) fn listener_token(index: usize) -> Token {
+    Token(usize::MAX - 2 - index)
+}
+
+/// The shared read buffer's size: big enough to take a whole socket buffer's
+/// worth of small messages in one read, small enough to stay in cache.
+const READ_BUFFER: usize = 64 * 1024;
+/// Reads one connection may make per event before the others get a turn.
+const READS_PER_EVENT: usize = 16;
+/// Events taken from the kernel per `poll`.
+const EVENTS_PER_POLL: usize = 1024;
+
+/// Counters kept over the server's life, logged on SIGUSR1 and at the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Bytes read from connections and queued for echo.
+    pub bytes_echoed: u64,
+    /// Connections that closed on their own after the drain began.
+    pub left: u64,
+    /// Connections closed by the server at the deadline or by a forced stop.
+    pub closed_at_deadline: u64,
+}
+
+/// How the server's run ended, returned by [`Server::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// What started the drain.
+    pub reason: Option<DrainReason>,
+    /// How it ended: emptied, at the deadline, or forced.
+    pub end: DrainEnd,
+    /// Connections accepted over the server's life.
+    pub accepted: u64,
+    /// Bytes echoed over the server's life.
+    pub bytes_echoed: u64,
+    /// Connections that left on their own during the drain.
+    pub left: u64,
+    /// Connections the server closed at the deadline (or at a forced stop).
+    pub closed_at_deadline: u64,
+}
+
+/// A bound listener and the address it really got.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    /// The non-blocking listening socket, registered with `listener_token(index)`.
+    pub(crate) socket: TcpListener,
+    /// Its local address, with the real port when port 0 was asked for.
+    pub(crate) addr: SocketAddr,
+}
+
+/// The echo server: bound, then run on the caller's thread.
+///
+/// # Examples
+///
+/// ```
+/// let mut config = echod::Config::default();
+/// config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+/// let server = echod::Server::bind(config).unwrap();
+/// let addr = server.local_addrs()[0];
+/// assert_ne!(addr.port(), 0);
+/// server.shutdown_handle().drain();
+/// let summary = server.run().unwrap();
+/// assert_eq!(summary.end, echod::DrainEnd::Emptied);
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    /// The one `Poll` of the process.
+    poll: Poll,
+    /// The configuration it was bound with.
+    pub(crate) config: Config,
+    /// Listening sockets; emptied (closed) when the drain begins.
+    pub(crate) listeners: Vec<Listener>,
+    /// Addresses bound at start, kept after the listeners close.
+    addrs: Vec<SocketAddr>,
+    /// Connections; the slab key is the connection's token.
+    pub(crate) conns: Slab<Connection>,
+    /// The one read buffer shared by every connection.
+    buf: Box<[u8]>,
+    /// Running -> Draining -> Stopped.
+    life: Lifecycle,
+    /// Keys of connections closed during this batch, removed after it so a
+    /// key is never reused while the batch may still name it.
+    closing: Vec<usize>,
+    /// Connections that stopped reading at the per-event cap with input left;
+    /// served again next turn, since no new edge will report that input.
+    rearm: Vec<usize>,
+    /// Accept admission and back-off (see accept.rs).
+    pub(crate) accept: crate::accept::AcceptState,
+    /// Counters.
+    pub(crate) stats: Stats,
+    /// The programmatic drain trigger, sharing the waker.
+    handle: ShutdownHandle,
+    /// The signal pipe, once the embedder turned signals on.
+    signals: Option<SignalWatcher>,
+    /// systemd notifications (a no-op unless `NOTIFY_SOCKET` is set).
+    notifier: Notifier,
+    /// When the server started, for uptime.
+    started: Instant,
+}
+
+impl Server {
+    /// Creates the `Poll`, binds every `--listen` address (or takes the
+    /// sockets a service manager passed) and registers them. Nothing is
+    /// accepted until [`Server::run`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Usage`] for an invalid config, [`Error::Listen`] when an
+    /// address cannot be bound, [`Error::Inherit`] for unusable inherited
+    /// sockets, [`Error::Setup`] when the `Poll` or waker cannot be created.
+    ///
+    /// # Notes
+    ///
+    /// Raises the soft `RLIMIT_NOFILE` to the hard limit. With `LISTEN_PID`
+    /// naming this process and `LISTEN_FDS` set, `--listen` is ignored.
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        config.validate()?;
+        match crate::sys::raise_nofile_limit() {
+            Ok(limit) => debug!("descriptor limit: nofile={limit}"),
+            Err(err) => warn!("cannot raise descriptor limit: {err}"),
+        }
+        let setup = |what| move |source| Error::Setup { what, source };
+        let poll = Poll::new().map_err(setup("the event loop"))?;
+        let waker = Waker::new(poll.registry(), WAKER_TOKEN).map_err(setup("the waker"))?;
+        let mut listeners = crate::accept::open_listeners(&config)?;
+        for (index, listener) in listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(
+                    &mut listener.socket,
+                    listener_token(index),
+                    Interest::READABLE,
+                )
+                .map_err(setup("the listener"))?;
+        }
+        let addrs = listeners.iter().map(|l| l.addr).collect();
+        Ok(Server {
+            poll,
+            listeners,
+            addrs,
+            conns: Slab::new(),
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            life: Lifecycle::default(),
+            closing: Vec::new(),
+            rearm: Vec::new(),
+            accept: Default::default(),
+            stats: Stats::default(),
+            handle: ShutdownHandle::new(waker),
+            signals: None,
+            notifier: Notifier::from_env(),
+            started: Instant::now(),
+            config,
+        })
+    }
+
+    /// The addresses the listeners are bound to, with real ports.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// A handle that starts the drain from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.clone()
+    }
+
+    /// Turns signal handling on: the watcher's pipe joins this server's `Poll`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Setup`] when the pipe cannot be registered.
+    pub fn watch_signals(&mut self, mut watcher: SignalWatcher) -> Result<(), Error> {
+        self.poll
+            .registry()
+            .register(watcher.source(), SIGNAL_TOKEN, Interest::READABLE)
+            .map_err(|source| Error::Setup {
+                what: "signal handling",
+                source,
+            })?;
+        self.signals = Some(watcher);
+        Ok(())
+    }
+
+    /// Runs the loop on this thread until the drain ends.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Poll`] when `poll` fails other than by `Interrupted`.
+    pub fn run(mut self) -> Result<Summary, Error> {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        self.notifier.ready(self.conns.len());
+        while !self.life.is_stopped() {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                error!("event loop failed: {err}");
+                return Err(Error::Poll(err));
+            }
+            let rearmed = std::mem::take(&mut self.rearm);
+            for event in events.iter() {
+                self.dispatch(event);
+            }
+            for key in rearmed {
+                self.serve(
+                    key,
+                    Readiness {
+                        readable: true,
+                        read_closed: false,
+                    },
+                );
+            }
+            self.remove_closed();
+            self.on_clock(Instant::now());
+        }
+        Ok(self.finish())
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.rearm.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        [
+            self.life.next_wakeup(),
+            self.accept.next_wakeup(),
+            self.notifier.next_wakeup(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        // Round up so we never wake a hair early and spin until the deadline.
+        .map(|at| at.saturating_duration_since(now) + Duration::from_micros(500))
+    }
+
+    fn dispatch(&mut self, event: &Event) {
+        match event.token() {
+            SIGNAL_TOKEN => self.on_signals(),
+            WAKER_TOKEN => {
+                if self.handle.is_drain_requested() {
+                    self.begin_drain(DrainReason::Handle);
+                }
+            }
+            Token(key) if key < usize::MAX - 2 - self.addrs.len() => {
+                let ready = Readiness {
+                    readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+                    read_closed: event.is_read_closed(),
+                };
+                self.serve(key, ready);
+            }
+            Token(token) => {
+                let index = usize::MAX - 2 - token;
+                if self.life.is_running() {
+                    self.accept_ready(index);
+                }
+            }
+        }
+    }
+
+    /// Runs one connection's step and applies what it asks for.
+    fn serve(&mut self, key: usize, ready: Readiness) {
+        // A missing or closing entry is a spurious event (mio allows them) or
+        // a stale rearm: ignore it.
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if self.closing.contains(&key) {
+            return;
+        }
+        let mut ctx = Ctx {
+            buf: &mut self.buf,
+            notice: &self.config.shutdown_message,
+            max_pending: self.config.max_pending,
+            reads_per_event: READS_PER_EVENT,
+            bytes_echoed: 0,
+        };
+        let step = conn.on_ready(&mut ctx, ready);
+        self.stats.bytes_echoed += ctx.bytes_echoed;
+        apply(
+            self.poll.registry(),
+            key,
+            conn,
+            step,
+            &mut self.closing,
+            &mut self.rearm,
+        );
+    }
+
+    pub(crate) fn admit(&mut self, stream: mio::net::TcpStream, peer: SocketAddr) {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let mut conn = Connection::new(stream);
+        if let Err(err) =
+            self.poll
+                .registry()
+                .register(conn.stream_mut(), Token(key), Interest::READABLE)
+        {
+            warn!("cannot register connection: peer={peer} error={err}");
+            return;
+        }
+        entry.insert(conn);
+        self.stats.accepted += 1;
+        self.notifier
+            .connections_changed(self.conns.len(), Instant::now());
+        debug!("connection opened: peer={peer} token={key}");
+    }
+
+    pub(crate) fn life_is_running(&self) -> bool {
+        self.life.is_running()
+    }
+
+    fn remove_closed(&mut self) {
+        if self.closing.is_empty() {
+            return;
+        }
+        let draining = !self.life.is_running();
+        for key in self.closing.drain(..) {
+            if self.conns.try_remove(key).is_some() && draining {
+                self.stats.left += 1;
+            }
+        }
+        self.notifier
+            .connections_changed(self.conns.len(), Instant::now());
+        if self.life.is_running() {
+            self.resume_accepting();
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let Some(watcher) = self.signals.as_mut() else {
+            return;
+        };
+        let received = watcher.take();
+        if received.stats {
+            self.log_stats();
+        }
+        for _ in 0..received.drain_count {
+            match self.life.state() {
+                State::Running => {
+                    let name = received.drain.unwrap_or("signal");
+                    self.begin_drain(DrainReason::Signal(name));
+                }
+                State::Draining { .. } => {
+                    warn!("second signal while draining: closing every connection now");
+                    self.life.force();
+                    self.close_all();
+                }
+                State::Stopped { .. } => {}
+            }
+        }
+    }
+
+    /// SPEC Draining 1-3: log, take the backlog, close the listeners, then
+    /// start every connection's echo-notice-FIN sequence.
+    fn begin_drain(&mut self, reason: DrainReason) {
+        let now = Instant::now();
+        if !self
+            .life
+            .begin_drain(reason, now, self.config.drain_timeout)
+        {
+            return;
+        }
+        self.notifier.stopping();
+        // SPEC Draining 2: connections already in the backlog are accepted
+        // (regardless of --max-connections) and drained like the others.
+        for index in 0..self.listeners.len() {
+            self.accept_ready(index);
+        }
+        self.close_listeners();
+        info!(
+            "drain started: reason={reason} connections={} deadline={:?}",
+            self.conns.len(),
+            self.config.drain_timeout
+        );
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.drain_connection(key);
+        }
+    }
+
+    fn drain_connection(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if self.closing.contains(&key) {
+            return;
+        }
+        let mut ctx = Ctx {
+            buf: &mut self.buf,
+            notice: &self.config.shutdown_message,
+            max_pending: self.config.max_pending,
+            reads_per_event: READS_PER_EVENT,
+            bytes_echoed: 0,
+        };
+        let step = conn.begin_drain(&mut ctx);
+        self.stats.bytes_echoed += ctx.bytes_echoed;
+        apply(
+            self.poll.registry(),
+            key,
+            conn,
+            step,
+            &mut self.closing,
+            &mut self.rearm,
+        );
+    }
+
+    fn on_clock(&mut self, now: Instant) {
+        if self.life.is_running() {
+            self.accept.on_clock(now);
+            if self.accept.is_retry_due(now) {
+                self.resume_accepting();
+            }
+            self.notifier.on_clock(now, self.conns.len(), None);
+            return;
+        }
+        match self.life.on_clock(now, self.conns.len()) {
+            Due::Nothing => {}
+            Due::Countdown(remaining) => {
+                info!(
+                    "drain countdown: remaining={:.1}s connections={}",
+                    remaining.as_secs_f64(),
+                    self.conns.len()
+                );
+                self.notifier
+                    .on_clock(now, self.conns.len(), Some(remaining));
+            }
+            Due::Stop(DrainEnd::Deadline) => self.close_all(),
+            Due::Stop(_) => {}
+        }
+    }
+
+    /// Closes every connection now (deadline or forced), reading off queued
+    /// input first so each close sends FIN rather than RST where it can.
+    fn close_all(&mut self) {
+        for (_, conn) in self.conns.iter_mut() {
+            conn.discard_unread(&mut self.buf);
+        }
+        let open = self.conns.len() - self.closing.len();
+        self.stats.closed_at_deadline += open as u64;
+        // Those already closing left on their own.
+        self.stats.left += self.closing.len() as u64;
+        self.closing.clear();
+        self.conns.clear();
+    }
+
+    fn close_listeners(&mut self) {
+        for mut listener in self.listeners.drain(..) {
+            // Closing the socket frees the port at once; new connects are refused.
+            let _ = self.poll.registry().deregister(&mut listener.socket);
+        }
+    }
+
+    fn log_stats(&self) {
+        let state = match self.life.state() {
+            State::Running => "running",
+            State::Draining { .. } => "draining",
+            State::Stopped { .. } => "stopped",
+        };
+        info!(
+            "stats: state={state} connections={} accepted={} bytes_echoed={} uptime={:.1}s",
+            self.conns.len(),
+            self.stats.accepted,
+            self.stats.bytes_echoed,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn finish(self) -> Summary {
+        let (reason, end) = match self.life.state() {
+            State::Stopped { reason, end } => (reason, end),
+            _ => (None, DrainEnd::Emptied),
+        };
+        let summary = Summary {
+            reason,
+            end,
+            accepted: self.stats.accepted,
+            bytes_echoed: self.stats.bytes_echoed,
+            left: self.stats.left,
+            closed_at_deadline: self.stats.closed_at_deadline,
+        };
+        let label = if end == DrainEnd::Forced {
+            "drain forced"
+        } else {
+            "drain finished"
+        };
+        let reason = reason.map_or_else(|| "none".to_owned(), |r| r.to_string());
+        info!(
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} accepted={} bytes_echoed={}",
+            summary.left, summary.closed_at_deadline, summary.accepted, summary.bytes_echoed
+        );
+        summary
+    }
+}
+
+/// Applies a connection's step: reregister when the interest changed, queue
+/// it for another turn, or schedule its removal after the batch.
+fn apply(
+    registry: &Registry,
+    key: usize,
+    conn: &mut Connection,
+    step: Step,
+    closing: &mut Vec<usize>,
+    rearm: &mut Vec<usize>,
+) {
+    match step {
+        Step::Keep { interest, more } => {
+            if interest != conn.registered {
+                if let Err(err) = registry.reregister(conn.stream_mut(), Token(key), interest) {
+                    debug!("connection closed: token={key} reregister failed: {err}");
+                    closing.push(key);
+                    return;
+                }
+                conn.registered = interest;
+            }
+            if more {
+                rearm.push(key);
+            }
+        }
+        Step::Close(why) => {
+            match why {
+                Closed::PeerDone => debug!("connection closed: token={key} peer done"),
+                Closed::Failed(kind) => debug!("connection closed: token={key} error={kind}"),
+            }
+            closing.push(key);
+        }
+    }
+}

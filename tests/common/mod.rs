@@ -1,0 +1,336 @@
+//! Process and socket helpers shared by the integration tests.
+//!
+//! [`Echod`] runs the real binary as a child, with its own port (0) and a
+//! short drain timeout, forwards each stderr line into a channel (so the child
+//! never blocks on a full pipe), and kills and reaps it on drop. Every wait
+//! has a limit and names what it waited for; failures carry the child's
+//! captured stderr.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// Generous limit for anything that should happen "at once".
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// A running echod child process.
+pub struct Echod {
+    child: Child,
+    lines: Receiver<String>,
+    /// Every stderr line seen so far.
+    pub seen: Vec<String>,
+    addrs: Vec<SocketAddr>,
+    status: Option<ExitStatus>,
+}
+
+impl Echod {
+    /// Spawns echod with `--listen 127.0.0.1:0 --drain-timeout 0.5` before
+    /// `args` (later flags win; a `--listen` in `args` replaces the default
+    /// only if `args` has one), and waits for every `listening on` line.
+    #[track_caller]
+    pub fn spawn(args: &[&str]) -> Echod {
+        let mut full: Vec<&str> = Vec::new();
+        if !args.contains(&"--listen") {
+            full.extend(["--listen", "127.0.0.1:0"]);
+        }
+        full.extend(["--drain-timeout", "0.5"]);
+        full.extend(args);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
+        cmd.args(&full);
+        Echod::spawn_command(
+            cmd,
+            full.iter().filter(|a| **a == "--listen").count().max(1),
+        )
+    }
+
+    /// Spawns a prepared command (stderr is captured here) and waits for
+    /// `listeners` readiness lines.
+    #[track_caller]
+    pub fn spawn_command(mut cmd: Command, listeners: usize) -> Echod {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let mut child = cmd.spawn().expect("spawn echod");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("ECHOD_TEST_VERBOSE").is_some() {
+                    eprintln!("echod| {line}");
+                }
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut echod = Echod {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            addrs: Vec::new(),
+            status: None,
+        };
+        while echod.addrs.len() < listeners {
+            let line = echod.wait_for_line("listening on ", LIMIT);
+            echod.addrs.push(parse_listening(&line));
+        }
+        echod
+    }
+
+    /// The first listener's address, from its `listening on` line.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every listener's address.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The child's PID.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for a stderr line containing `pattern` (searching lines already
+    /// seen first) and returns it.
+    #[track_caller]
+    pub fn wait_for_line(&mut self, pattern: &str, limit: Duration) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(pattern)) {
+            return line.clone();
+        }
+        self.next_line_matching(pattern, limit)
+    }
+
+    /// Waits for a new stderr line (not one already seen) containing `pattern`.
+    #[track_caller]
+    pub fn next_line_matching(&mut self, pattern: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(pattern) {
+                        return line;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.fail(&format!("no line containing {pattern:?} within {limit:?}"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.try_status();
+                    self.fail(&format!(
+                        "stderr closed before a line containing {pattern:?}"
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Sends a signal to the child.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's PID.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Waits for the child to exit and returns its status.
+    #[track_caller]
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_status() {
+                self.collect_remaining_lines();
+                return status;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!("did not exit within {limit:?}"));
+            }
+            // Polling the exit status; there is no portable exit event to block on.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Reads the stderr lines left after exit.
+    pub fn collect_remaining_lines(&mut self) {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+    }
+
+    /// Everything echod printed so far, for failure messages.
+    pub fn stderr(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// Panics with the message, the exit status and the captured stderr.
+    #[track_caller]
+    pub fn fail(&self, what: &str) -> ! {
+        panic!(
+            "echod {what}\nstatus: {:?}\nstderr:\n{}",
+            self.status,
+            self.stderr()
+        )
+    }
+
+    /// Connects to the first listener.
+    #[track_caller]
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr())
+    }
+}
+
+impl Drop for Echod {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse_listening(line: &str) -> SocketAddr {
+    let rest = &line[line.find("listening on ").expect("pattern") + "listening on ".len()..];
+    let addr = rest
+        .split_whitespace()
+        .next()
+        .expect("address after 'listening on'");
+    addr.parse()
+        .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
+}
+
+/// Connects with a read timeout as a safety net against hangs.
+#[track_caller]
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    stream
+        .set_write_timeout(Some(LIMIT))
+        .expect("write timeout");
+    stream
+}
+
+/// Reads until end-of-stream; panics on a reset or timeout.
+#[track_caller]
+pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    match stream.read_to_end(&mut out) {
+        Ok(_) => out,
+        Err(e) => panic!("read to EOF failed after {} bytes: {e}", out.len()),
+    }
+}
+
+/// Sends `data` and reads back exactly as many bytes.
+#[track_caller]
+pub fn round_trip(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+    stream.write_all(data).expect("write");
+    let mut back = vec![0; data.len()];
+    stream.read_exact(&mut back).expect("read echo");
+    back
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Random bytes that never contain any byte of `SHUTDOWN`, so the notice
+/// cannot be mistaken for echo.
+pub fn payload_without_notice(len: usize, seed: u64) -> Vec<u8> {
+    random_bytes(len, seed)
+        .into_iter()
+        .map(|b| if b"SHUTDOWN".contains(&b) { b'x' } else { b })
+        .collect()
+}
+
+/// Asserts the stream `got` is an exact prefix of `sent` followed by the notice.
+#[track_caller]
+pub fn assert_prefix_then_notice(got: &[u8], sent: &[u8], notice: &[u8]) -> usize {
+    assert!(
+        got.ends_with(notice),
+        "stream does not end with the notice; last bytes: {:?}",
+        String::from_utf8_lossy(&got[got.len().saturating_sub(32)..])
+    );
+    let echo = &got[..got.len() - notice.len()];
+    assert!(
+        echo.len() <= sent.len(),
+        "more echo ({}) than sent ({})",
+        echo.len(),
+        sent.len()
+    );
+    if let Some(at) = echo.iter().zip(sent).position(|(a, b)| a != b) {
+        panic!(
+            "echo differs from what was sent at byte {at} of {}",
+            echo.len()
+        );
+    }
+    echo.len()
+}
+
+/// True when a connect to `addr` is refused.
+pub fn is_refused(addr: SocketAddr) -> bool {
+    matches!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused
+    )
+}
+
+/// Resident set size of a process in bytes, from `/proc/PID/status` (VmRSS).
+pub fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS value");
+    kib * 1024
+}
+
+/// CPU time (user + system) a process has used, from `/proc/PID/stat`, in clock ticks.
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the ")" of the command name; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Waits until `cond` holds, polling; panics naming `what` after `limit`.
+#[track_caller]
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
