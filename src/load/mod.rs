@@ -31,11 +31,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-pub use payload::contains;
 pub use report::{Drain, Errors, Latency, Report};
 
 use payload::Pattern;
-use worker::{Output, Plan, Progress, Shared};
+use report::{Output, Progress};
 
 /// When a run stops sending.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,6 +197,44 @@ impl fmt::Display for LoadError {
 }
 
 impl std::error::Error for LoadError {}
+
+/// What every worker shares, read-only.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// The bytes every connection sends.
+    pub pattern: Pattern,
+    /// The drain notice.
+    pub notice: Vec<u8>,
+    /// Messages in flight per connection.
+    pub pipeline: usize,
+    /// Connect timeout, also the final wait for in-flight echoes.
+    pub connect_timeout: Duration,
+    /// Unmeasured time at the start.
+    pub warmup: Duration,
+    /// Sending time after the warmup; `None` when a message budget stops the run.
+    pub duration: Option<Duration>,
+    /// Where workers meet before the load starts.
+    pub gate: StartGate,
+}
+
+/// One worker's share of the run.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// Worker number.
+    pub index: usize,
+    /// Global number of this worker's first connection (seeds its payload).
+    pub first_conn_id: u64,
+    /// Connections to open.
+    pub connections: usize,
+    /// Messages to send in total, when the run stops after a count.
+    pub budget: Option<u64>,
+    /// This worker's open-loop rate in messages per second.
+    pub rate: Option<f64>,
+    /// CPU to pin this thread to.
+    pub cpu: Option<usize>,
+}
 
 /// Where workers wait until every one of them has finished connecting, so
 /// that the load starts at one instant on all threads.
@@ -418,7 +455,7 @@ fn merge(
     cpu_before: (Duration, Duration),
     cpu_after: (Duration, Duration),
 ) -> Report {
-    let mut histogram = worker::new_histogram();
+    let mut histogram = report::new_histogram();
     let mut errors = Errors::default();
     let mut drain = Drain::default();
     let (mut messages, mut warmup_messages, mut bytes, mut opened, mut failed) = (0, 0, 0, 0, 0);

@@ -8,9 +8,138 @@
 //! JSON with `--json`). The JSON is written by hand to avoid a dependency.
 
 use std::fmt::{self, Write as _};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+/// Largest latency recorded, in microseconds (one hour); longer ones saturate.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Live counters the main thread reads for the progress line.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Messages verified so far, warmup included.
+    pub(crate) messages: AtomicU64,
+    /// Connections open now.
+    pub(crate) open: AtomicU64,
+    /// Errors so far.
+    pub(crate) errors: AtomicU64,
+}
+
+impl Progress {
+    /// Messages verified, connections open, errors so far.
+    pub(crate) fn read(&self) -> (u64, u64, u64) {
+        (
+            self.messages.load(Ordering::Relaxed),
+            self.open.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What one worker measured.
+#[derive(Debug)]
+pub(crate) struct Output {
+    /// Latency of measured messages, microseconds.
+    pub histogram: Histogram<u64>,
+    /// Measured messages.
+    pub messages: u64,
+    /// Messages completed during the warmup.
+    pub warmup_messages: u64,
+    /// Payload bytes of measured messages.
+    pub bytes: u64,
+    /// Errors by kind.
+    pub errors: Errors,
+    /// Connections established.
+    pub opened: u64,
+    /// Connection attempts that failed.
+    pub failed: u64,
+    /// Drain observations.
+    pub drain: Drain,
+    /// The later of the last echo and the end of sending.
+    pub end: Instant,
+}
+
+impl Output {
+    /// Nothing measured yet; `end` starts at `now`.
+    pub(crate) fn new(now: Instant) -> Output {
+        Output {
+            histogram: new_histogram(),
+            messages: 0,
+            warmup_messages: 0,
+            bytes: 0,
+            errors: Errors::default(),
+            opened: 0,
+            failed: 0,
+            drain: Drain::default(),
+            end: now,
+        }
+    }
+}
+
+impl Output {
+    /// Records one verified message of `len` bytes sent (or, open loop,
+    /// scheduled) at `sent_at` and completed at `now`. Messages completed
+    /// before `measure_start` count as warmup only.
+    pub(crate) fn record(
+        &mut self,
+        sent_at: Instant,
+        now: Instant,
+        measure_start: Instant,
+        len: u64,
+    ) {
+        self.end = self.end.max(now);
+        if now < measure_start {
+            self.warmup_messages += 1;
+            return;
+        }
+        self.messages += 1;
+        self.bytes += len;
+        let us = now.saturating_duration_since(sent_at).as_micros();
+        self.histogram
+            .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
+    }
+}
+
+/// Why a connection failed: one [`Errors`] field each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The echo differed from what was sent.
+    Mismatch,
+    /// Reset by the peer.
+    Reset,
+    /// A connect, or the final wait for an echo, took too long.
+    Timeout,
+    /// Connect refused.
+    Refused,
+    /// Out of descriptors or socket memory.
+    Emfile,
+    /// Any other I/O error.
+    Other,
+    /// End-of-stream without the notice.
+    UnexpectedEof,
+}
+
+/// Sorts an I/O error into a report category.
+pub(crate) fn classify(err: &io::Error) -> Failure {
+    use io::ErrorKind as K;
+    if crate::sys::is_resource_exhausted(err) {
+        return Failure::Emfile;
+    }
+    match err.kind() {
+        K::ConnectionRefused => Failure::Refused,
+        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => Failure::Reset,
+        K::TimedOut => Failure::Timeout,
+        _ => Failure::Other,
+    }
+}
+
+/// An empty latency histogram with the bounds every worker uses.
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
+}
 
 /// Latency percentiles over every measured message, in microseconds.
 ///
@@ -83,6 +212,20 @@ impl Errors {
             + self.emfile
             + self.other
             + self.unexpected_eof
+    }
+
+    /// Counts one failure.
+    pub(crate) fn count(&mut self, failure: Failure) {
+        let counter = match failure {
+            Failure::Mismatch => &mut self.mismatch,
+            Failure::Reset => &mut self.reset,
+            Failure::Timeout => &mut self.timeout,
+            Failure::Refused => &mut self.refused,
+            Failure::Emfile => &mut self.emfile,
+            Failure::Other => &mut self.other,
+            Failure::UnexpectedEof => &mut self.unexpected_eof,
+        };
+        *counter += 1;
     }
 
     /// Adds `other`'s counts to these.

@@ -13,18 +13,17 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use mio::event::Event;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::payload::{Ending, Pattern, Verifier};
-use super::{Drain, Errors, LoadError, StartGate};
+use super::payload::{Ending, Verifier};
+use super::report::{Failure, Output, Progress, classify};
+use super::{LoadError, Plan, Shared};
 
 /// Connects in flight per worker: enough to open thousands of connections
 /// quickly, few enough not to overflow the server's accept backlog (a
@@ -33,94 +32,6 @@ const MAX_CONNECTING: usize = 256;
 
 /// Size of the per-thread read buffer.
 const READ_BUFFER: usize = 64 * 1024;
-
-/// Largest latency recorded, in microseconds (one hour); longer ones saturate.
-const MAX_LATENCY_US: u64 = 3_600_000_000;
-
-/// What every worker shares, read-only.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// Server address.
-    pub addr: SocketAddr,
-    /// The bytes every connection sends.
-    pub pattern: Pattern,
-    /// The drain notice.
-    pub notice: Vec<u8>,
-    /// Messages in flight per connection.
-    pub pipeline: usize,
-    /// Connect timeout, also the final wait for in-flight echoes.
-    pub connect_timeout: Duration,
-    /// Unmeasured time at the start.
-    pub warmup: Duration,
-    /// Sending time after the warmup; `None` when a message budget stops the run.
-    pub duration: Option<Duration>,
-    /// Where workers meet before the load starts.
-    pub gate: StartGate,
-}
-
-/// One worker's share of the run.
-#[derive(Debug)]
-pub(crate) struct Plan {
-    /// Worker number.
-    pub index: usize,
-    /// Global number of this worker's first connection (seeds its payload).
-    pub first_conn_id: u64,
-    /// Connections to open.
-    pub connections: usize,
-    /// Messages to send in total, when the run stops after a count.
-    pub budget: Option<u64>,
-    /// This worker's open-loop rate in messages per second.
-    pub rate: Option<f64>,
-    /// CPU to pin this thread to.
-    pub cpu: Option<usize>,
-}
-
-/// Live counters the main thread reads for the progress line.
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    messages: AtomicU64,
-    open: AtomicU64,
-    errors: AtomicU64,
-}
-
-impl Progress {
-    /// Messages verified, connections open, errors so far.
-    pub(crate) fn read(&self) -> (u64, u64, u64) {
-        (
-            self.messages.load(Ordering::Relaxed),
-            self.open.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// What one worker measured.
-#[derive(Debug)]
-pub(crate) struct Output {
-    /// Latency of measured messages, microseconds.
-    pub histogram: Histogram<u64>,
-    /// Measured messages.
-    pub messages: u64,
-    /// Messages completed during the warmup.
-    pub warmup_messages: u64,
-    /// Payload bytes of measured messages.
-    pub bytes: u64,
-    /// Errors by kind.
-    pub errors: Errors,
-    /// Connections established.
-    pub opened: u64,
-    /// Connection attempts that failed.
-    pub failed: u64,
-    /// Drain observations.
-    pub drain: Drain,
-    /// The later of the last echo and the end of sending.
-    pub end: Instant,
-}
-
-/// An empty latency histogram with the bounds every worker uses.
-pub(crate) fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("constant histogram bounds are valid")
-}
 
 /// A connection's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,18 +42,6 @@ enum Phase {
     Open,
     /// Marked for removal after the current batch of events.
     Closing,
-}
-
-/// Why a connection ends.
-#[derive(Debug, Clone, Copy)]
-enum Failure {
-    Mismatch,
-    Reset,
-    Timeout,
-    Refused,
-    Emfile,
-    Other,
-    UnexpectedEof,
 }
 
 /// One connection and its cursors into the stream it sends.
@@ -259,17 +158,7 @@ fn prepare<'a>(
         in_flight: 0,
         slots: Vec::new(),
         due: 0,
-        out: Output {
-            histogram: new_histogram(),
-            messages: 0,
-            warmup_messages: 0,
-            bytes: 0,
-            errors: Errors::default(),
-            opened: 0,
-            failed: 0,
-            drain: Drain::default(),
-            end: now,
-        },
+        out: Output::new(now),
     };
     worker.connect_all().map_err(LoadError::Poll)?;
     Ok(worker)
@@ -282,20 +171,6 @@ fn poll_events(poll: &mut Poll, events: &mut Events, timeout: Option<Duration>) 
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             other => return other,
         }
-    }
-}
-
-/// Sorts an I/O error into a report category.
-fn classify(err: &io::Error) -> Failure {
-    use io::ErrorKind as K;
-    if crate::sys::is_resource_exhausted(err) {
-        return Failure::Emfile;
-    }
-    match err.kind() {
-        K::ConnectionRefused => Failure::Refused,
-        K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => Failure::Reset,
-        K::TimedOut => Failure::Timeout,
-        _ => Failure::Other,
     }
 }
 
@@ -373,7 +248,7 @@ impl Worker<'_> {
         let mut stream = match TcpStream::connect(self.shared.addr) {
             Ok(stream) => stream,
             Err(err) => {
-                self.count(classify(&err));
+                self.out.errors.count(classify(&err));
                 self.out.failed += 1;
                 log::debug!("cannot connect to {}: {err}", self.shared.addr);
                 return None;
@@ -387,7 +262,7 @@ impl Worker<'_> {
             .registry()
             .register(&mut stream, Token(key), interest)
         {
-            self.count(classify(&err));
+            self.out.errors.count(classify(&err));
             self.out.failed += 1;
             return None;
         }
@@ -501,7 +376,10 @@ impl Worker<'_> {
         } else {
             self.grace_deadline
         };
-        if let (true, Some(rate)) = (self.sending, self.plan.rate) {
+        // Once the whole budget is scheduled there is no next send time:
+        // waking for one would spin until the pipeline lets the last go.
+        let all_due = self.plan.budget.is_some_and(|limit| self.due >= limit);
+        if let (true, false, Some(rate)) = (self.sending, all_due, self.plan.rate) {
             let at = self.start + Duration::from_secs_f64(self.due as f64 / rate);
             next = Some(next.map_or(at, |n| n.min(at)));
         }
@@ -601,19 +479,7 @@ impl Worker<'_> {
                 }
                 None => conn.send_times[(m % conn.send_times.len() as u64) as usize],
             };
-            if now < self.measure_start {
-                self.out.warmup_messages += 1;
-            } else {
-                self.out.messages += 1;
-                self.out.bytes += len;
-                let us = now.saturating_duration_since(sent_at).as_micros();
-                self.out
-                    .histogram
-                    .saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
-            }
-        }
-        if done > conn.completed {
-            self.out.end = self.out.end.max(now);
+            self.out.record(sent_at, now, self.measure_start, len);
         }
         conn.completed = done;
         if conn.verifier.is_notice_complete(&shared.notice) {
@@ -716,22 +582,9 @@ impl Worker<'_> {
         }
     }
 
-    fn count(&mut self, failure: Failure) {
-        let e = &mut self.out.errors;
-        match failure {
-            Failure::Mismatch => e.mismatch += 1,
-            Failure::Reset => e.reset += 1,
-            Failure::Timeout => e.timeout += 1,
-            Failure::Refused => e.refused += 1,
-            Failure::Emfile => e.emfile += 1,
-            Failure::Other => e.other += 1,
-            Failure::UnexpectedEof => e.unexpected_eof += 1,
-        }
-    }
-
     /// Counts `failure` and marks the connection for closing.
     fn fail(&mut self, key: usize, failure: Failure, now: Instant) {
-        self.count(failure);
+        self.out.errors.count(failure);
         self.mark_closing(key, now);
     }
 
