@@ -376,3 +376,287 @@ fn write_some<S: Stream>(stream: &mut S, bytes: &[u8]) -> io::Result<usize> {
     }
     Ok(sent)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A scripted socket: input "arrives" in steps, reads and writes are cut
+    /// to scripted sizes (0 = WouldBlock), output is recorded.
+    #[derive(Debug, Default)]
+    struct Fake {
+        input: Vec<u8>,
+        /// Bytes of `input` the peer has sent so far.
+        arrived: usize,
+        /// Bytes of `input` the connection has read.
+        read_pos: usize,
+        /// The peer closed its side after all of `input`.
+        peer_eof: bool,
+        read_caps: Vec<usize>,
+        write_caps: Vec<usize>,
+        calls: usize,
+        output: Vec<u8>,
+        shut: bool,
+    }
+
+    impl Fake {
+        fn cap(caps: &[usize], calls: usize) -> usize {
+            caps[calls % caps.len()]
+        }
+    }
+
+    impl Stream for Fake {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.calls += 1;
+            let available = self.arrived - self.read_pos;
+            if available == 0 {
+                return if self.peer_eof && self.arrived == self.input.len() {
+                    Ok(0)
+                } else {
+                    Err(io::ErrorKind::WouldBlock.into())
+                };
+            }
+            let n = available
+                .min(buf.len())
+                .min(Self::cap(&self.read_caps, self.calls).max(1));
+            buf[..n].copy_from_slice(&self.input[self.read_pos..self.read_pos + n]);
+            self.read_pos += n;
+            Ok(n)
+        }
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            assert!(!self.shut, "write after shutdown");
+            self.calls += 1;
+            let cap = Self::cap(&self.write_caps, self.calls);
+            if cap == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = cap.min(buf.len());
+            self.output.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn shutdown_write(&mut self) -> io::Result<()> {
+            self.shut = true;
+            Ok(())
+        }
+        fn unread_bytes(&self) -> io::Result<usize> {
+            Ok(self.arrived - self.read_pos)
+        }
+    }
+
+    const NOTICE: &[u8] = b"SHUTDOWN";
+
+    fn ctx(buf: &mut [u8], max_pending: usize) -> Ctx<'_> {
+        Ctx {
+            buf,
+            notice: NOTICE,
+            max_pending,
+            reads_per_event: 4,
+            bytes_echoed: 0,
+        }
+    }
+
+    fn ready() -> Readiness {
+        Readiness {
+            readable: true,
+            read_closed: false,
+        }
+    }
+
+    fn scenario()
+    -> impl Strategy<Value = (Vec<u8>, Vec<usize>, Vec<usize>, Vec<usize>, usize, usize)> {
+        (
+            proptest::collection::vec(any::<u8>(), 0..5000),
+            proptest::collection::vec(1usize..700, 1..8), // arrival steps
+            proptest::collection::vec(0usize..900, 1..8), // read caps
+            proptest::collection::vec(0usize..900, 1..8), // write caps (0 = WouldBlock)
+            1usize..3000,                                 // max_pending
+            16usize..512,                                 // shared buffer size
+        )
+    }
+
+    /// Drives `conn` until it closes, letting input arrive step by step;
+    /// `on_step` may start the drain. Returns why it closed.
+    fn drive(
+        conn: &mut Connection<Fake>,
+        buf: &mut [u8],
+        max_pending: usize,
+        arrivals: &[usize],
+        mut on_step: impl FnMut(&mut Connection<Fake>, &mut Ctx<'_>, usize) -> Option<Step>,
+    ) -> Closed {
+        for round in 0..100_000 {
+            {
+                let fake = conn.stream_mut();
+                let step = arrivals[round % arrivals.len()];
+                fake.arrived = (fake.arrived + step).min(fake.input.len());
+                if fake.arrived == fake.input.len() {
+                    fake.peer_eof = true;
+                }
+                // Never a pure WouldBlock script: the writer makes progress eventually.
+                if round % 7 == 6 {
+                    fake.calls = fake.calls.wrapping_add(1);
+                }
+            }
+            let mut c = ctx(buf, max_pending);
+            let step = match on_step(conn, &mut c, round) {
+                Some(step) => step,
+                None => conn.on_ready(&mut c, ready()),
+            };
+            assert!(
+                conn.pending_len() <= max_pending + NOTICE.len(),
+                "pending {} over the bound {max_pending}",
+                conn.pending_len()
+            );
+            if let Step::Close(why) = step {
+                return why;
+            }
+        }
+        panic!("connection never finished");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn echo_is_exact_under_any_chunking((input, arrivals, reads, writes, max_pending, buf_len) in scenario()) {
+            prop_assume!(writes.iter().any(|&w| w > 0));
+            let fake = Fake { input: input.clone(), read_caps: reads, write_caps: writes, ..Fake::default() };
+            let mut conn = Connection::new(fake);
+            let mut buf = vec![0; buf_len];
+            let why = drive(&mut conn, &mut buf, max_pending, &arrivals, |_, _, _| None);
+            prop_assert_eq!(why, Closed::PeerDone);
+            prop_assert!(conn.stream.output == input, "echo differs");
+            prop_assert!(!conn.stream.shut, "no notice, no shutdown while running");
+        }
+
+        #[test]
+        fn drain_echoes_everything_that_had_arrived_then_the_notice(
+            (input, arrivals, reads, writes, max_pending, buf_len) in scenario(),
+            drain_round in 0usize..40,
+        ) {
+            prop_assume!(writes.iter().any(|&w| w > 0));
+            let fake = Fake { input: input.clone(), read_caps: reads, write_caps: writes, ..Fake::default() };
+            let mut conn = Connection::new(fake);
+            let mut buf = vec![0; buf_len];
+            let mut arrived_at_drain = None;
+            let why = drive(&mut conn, &mut buf, max_pending, &arrivals, |conn, ctx, round| {
+                if round == drain_round {
+                    arrived_at_drain = Some(conn.stream.arrived);
+                    Some(conn.begin_drain(ctx))
+                } else {
+                    None
+                }
+            });
+            prop_assert_eq!(why, Closed::PeerDone);
+            let out = &conn.stream.output;
+            let arrived = arrived_at_drain.unwrap_or(input.len());
+            if arrived_at_drain.is_some() {
+                prop_assert!(out.ends_with(NOTICE), "no notice at the end");
+                prop_assert!(conn.stream.shut, "no FIN after the notice");
+                let echo = &out[..out.len() - NOTICE.len()];
+                prop_assert!(echo.len() >= arrived, "echoed {} of {} arrived", echo.len(), arrived);
+                prop_assert!(echo == &input[..echo.len()], "echo is not a prefix");
+            } else {
+                // Closed before the drain round: plain echo.
+                prop_assert!(out == &input);
+            }
+        }
+    }
+
+    #[test]
+    fn an_idle_connection_owns_no_heap() {
+        let fake = Fake {
+            input: b"hello".to_vec(),
+            arrived: 5,
+            read_caps: vec![100],
+            write_caps: vec![2, 0],
+            ..Fake::default()
+        };
+        let mut conn = Connection::new(fake);
+        let mut buf = vec![0; 64];
+        let step = conn.on_ready(&mut ctx(&mut buf, 1024), ready());
+        assert_eq!(conn.pending_len(), 3);
+        assert_eq!(
+            step,
+            Step::Keep {
+                interest: Interest::READABLE | Interest::WRITABLE,
+                more: false
+            }
+        );
+        conn.stream.write_caps = vec![100];
+        let step = conn.on_ready(&mut ctx(&mut buf, 1024), Readiness::default());
+        assert_eq!(conn.pending.capacity(), 0);
+        assert_eq!(
+            step,
+            Step::Keep {
+                interest: Interest::READABLE,
+                more: false
+            }
+        );
+        assert_eq!(conn.stream.output, b"hello");
+    }
+
+    #[test]
+    fn a_short_read_saves_the_read_that_would_block() {
+        let fake = Fake {
+            input: b"ping".to_vec(),
+            arrived: 4,
+            read_caps: vec![1000],
+            write_caps: vec![1000],
+            ..Fake::default()
+        };
+        let mut conn = Connection::new(fake);
+        let mut buf = vec![0; 64];
+        conn.on_ready(&mut ctx(&mut buf, 1024), ready());
+        // One read (short) and one write: no third call returning WouldBlock.
+        assert_eq!(conn.stream.calls, 2);
+    }
+
+    #[test]
+    fn eof_reported_with_data_is_not_missed() {
+        let fake = Fake {
+            input: b"bye".to_vec(),
+            arrived: 3,
+            peer_eof: true,
+            read_caps: vec![1000],
+            write_caps: vec![1000],
+            ..Fake::default()
+        };
+        let mut conn = Connection::new(fake);
+        let mut buf = vec![0; 64];
+        let step = conn.on_ready(
+            &mut ctx(&mut buf, 1024),
+            Readiness {
+                readable: true,
+                read_closed: true,
+            },
+        );
+        assert_eq!(step, Step::Close(Closed::PeerDone));
+        assert_eq!(conn.stream.output, b"bye");
+    }
+
+    #[test]
+    fn backpressure_stops_reading_at_max_pending() {
+        let fake = Fake {
+            input: vec![7; 10_000],
+            arrived: 10_000,
+            // A real socket returns all it has up to the buffer's size.
+            read_caps: vec![usize::MAX],
+            write_caps: vec![0],
+            ..Fake::default()
+        };
+        let mut conn = Connection::new(fake);
+        let mut buf = vec![0; 4096];
+        let step = conn.on_ready(&mut ctx(&mut buf, 2500), ready());
+        assert_eq!(conn.pending_len(), 2500);
+        assert_eq!(conn.stream.read_pos, 2500);
+        assert!(conn.read_paused, "reading resumes without a new edge");
+        assert_eq!(
+            step,
+            Step::Keep {
+                interest: Interest::READABLE | Interest::WRITABLE,
+                more: false
+            }
+        );
+    }
+}

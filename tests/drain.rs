@@ -36,7 +36,7 @@ fn idle_client_gets_notice_then_eof_and_server_exits_when_it_leaves() {
 
 #[test]
 fn custom_notice_is_sent_byte_exact_without_newline() {
-    let mut echod = Echod::spawn(&["--shutdown-message", "bye now", "--drain-timeout", "30"]);
+    let echod = Echod::spawn(&["--shutdown-message", "bye now", "--drain-timeout", "30"]);
     let mut client = echod.connect();
     assert_eq!(round_trip(&mut client, b"x"), b"x");
     echod.signal(libc::SIGHUP);

@@ -1,0 +1,251 @@
+//! Real signals to a real echod (SPEC "Draining" 6, "Operations"): each of
+//! the four drains, also for a background instance started by a shell; a
+//! second forces; a third exits from the handler even with the loop stuck;
+//! SIGUSR1 reports and disturbs nothing.
+
+mod common;
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn drains_on(sig: i32, name: &str) {
+    let mut echod = Echod::spawn(&["--drain-timeout", "30"]);
+    let mut client = echod.connect();
+    assert_eq!(round_trip(&mut client, b"hello"), b"hello");
+    echod.signal(sig);
+    assert_eq!(read_to_eof(&mut client), b"SHUTDOWN", "{}", echod.stderr());
+    let line = echod.wait_for_line("drain started", LIMIT);
+    assert!(line.contains(&format!("reason={name}")), "{line}");
+    assert!(line.contains("connections=1"), "{line}");
+    drop(client);
+    let status = echod.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", echod.stderr());
+}
+
+#[test]
+fn sighup_drains() {
+    drains_on(libc::SIGHUP, "SIGHUP");
+}
+
+#[test]
+fn sigint_drains() {
+    drains_on(libc::SIGINT, "SIGINT");
+}
+
+#[test]
+fn sigterm_drains() {
+    drains_on(libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sigquit_drains_like_sigterm() {
+    drains_on(libc::SIGQUIT, "SIGQUIT");
+}
+
+/// A non-interactive shell starts `cmd &` with SIGINT and SIGQUIT ignored;
+/// echod must still drain on them.
+fn background_instance_drains_on(sig: i32) {
+    let script = format!(
+        "'{}' --listen 127.0.0.1:0 --drain-timeout 30 & wait",
+        env!("CARGO_BIN_EXE_echod")
+    );
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script);
+    let mut shell = Echod::spawn_command(cmd, 1);
+    let line = shell.wait_for_line("listening on", LIMIT);
+    let pid: i32 = line
+        .split("pid=")
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| shell.fail("no pid= in the listening line"));
+    let mut client = shell.connect();
+    assert_eq!(round_trip(&mut client, b"bg"), b"bg");
+    // SAFETY: kill(2) on the background echod's PID, read from its own log.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    assert_eq!(read_to_eof(&mut client), b"SHUTDOWN", "{}", shell.stderr());
+    drop(client);
+    // The shell's `wait` returns when echod exits.
+    let status = shell.wait_exit(LIMIT);
+    assert!(status.success(), "{status:?}\n{}", shell.stderr());
+    shell.wait_for_line("drain finished", LIMIT);
+}
+
+#[test]
+fn background_instance_started_by_a_shell_drains_on_sigint() {
+    background_instance_drains_on(libc::SIGINT);
+}
+
+#[test]
+fn background_instance_started_by_a_shell_drains_on_sigquit() {
+    background_instance_drains_on(libc::SIGQUIT);
+}
+
+#[test]
+fn second_signal_closes_everything_now() {
+    let mut echod = Echod::spawn(&["--drain-timeout", "60"]);
+    let mut client = echod.connect();
+    assert_eq!(round_trip(&mut client, b"x"), b"x");
+    echod.signal(libc::SIGTERM);
+    echod.wait_for_line("drain started", LIMIT);
+    // The client stays, so only the second signal can end this before 60 s.
+    echod.signal(libc::SIGINT);
+    let status = echod.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", echod.stderr());
+    let last = echod.wait_for_line("drain forced", LIMIT);
+    assert!(last.contains("closed_at_deadline=1"), "{last}");
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    assert!(rest.starts_with(b"SHUTDOWN"), "{rest:?}");
+}
+
+#[test]
+fn two_signals_at_once_still_force_the_exit() {
+    // Sent back to back, signal-hook-mio may report them as one; the handler's
+    // counter must not lose the second. The kernel itself merges a signal
+    // sent while the same one is still pending, so wait until the first has
+    // been delivered (no longer pending) before sending the second.
+    let mut echod = Echod::spawn(&["--drain-timeout", "60"]);
+    let mut client = echod.connect();
+    assert_eq!(round_trip(&mut client, b"x"), b"x");
+    echod.signal(libc::SIGTERM);
+    let pid = echod.pid();
+    wait_until(LIMIT, "SIGTERM to be delivered", || {
+        !is_pending(pid, libc::SIGTERM)
+    });
+    echod.signal(libc::SIGTERM);
+    let status = echod.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", echod.stderr());
+}
+
+/// True while `sig` is pending for the process or its thread (`/proc/PID/status`).
+fn is_pending(pid: i32, sig: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let bit = 1u64 << (sig - 1);
+    status
+        .lines()
+        .filter(|l| l.starts_with("SigPnd:") || l.starts_with("ShdPnd:"))
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .any(|mask| mask & bit != 0)
+}
+
+#[test]
+fn third_signal_exits_even_when_the_loop_is_stuck() {
+    // A tiny stderr pipe that nobody reads: once it is full, the loop blocks
+    // in its next log write and cannot handle signals itself.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: F_SETPIPE_SZ on our own pipe; the kernel rounds up to a page.
+    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096) };
+    // SAFETY: the write end becomes the child's stderr; we own it.
+    let stderr = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
+    let port_file = std::env::temp_dir().join(format!("echod-stuck-{}.pid", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echod"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--drain-timeout",
+            "60",
+            "--log-level",
+            "debug",
+        ])
+        .arg("--pid-file")
+        .arg(&port_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr))
+        .spawn()
+        .expect("spawn echod");
+    // Read the address from the pipe, then stop reading it.
+    // SAFETY: the read end is ours.
+    let mut reader = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !String::from_utf8_lossy(&head).contains("listening on") || byte[0] != b'\n' {
+        assert_eq!(reader.read(&mut byte).unwrap(), 1, "echod closed stderr");
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .unwrap_or_default();
+    let addr: std::net::SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    // Each connection logs debug lines; open connections until the loop
+    // stops answering (its stderr is full), bounded.
+    let mut stuck = false;
+    let mut clients = Vec::new();
+    for _ in 0..2000 {
+        let mut c = connect(addr);
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        std::io::Write::write_all(&mut c, b"?").unwrap();
+        let mut b = [0; 1];
+        if c.read(&mut b).is_err() {
+            stuck = true;
+            break;
+        }
+        clients.push(c);
+    }
+    assert!(stuck, "the loop never blocked on its full stderr");
+    for sig in [libc::SIGTERM, libc::SIGTERM, libc::SIGTERM] {
+        // SAFETY: kill(2) on our child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    }
+    let status = wait_child(&mut child, LIMIT);
+    assert_eq!(status.code(), Some(0), "exit status after the third signal");
+    assert!(!port_file.exists(), "the handler removes the pid file");
+    let _ = reader.as_raw_fd();
+}
+
+fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("echod did not exit within {limit:?} of the third signal");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigusr1_logs_statistics_and_changes_nothing() {
+    let mut echod = Echod::spawn(&[]);
+    let mut client = echod.connect();
+    assert_eq!(round_trip(&mut client, b"12345"), b"12345");
+    echod.signal(libc::SIGUSR1);
+    let line = echod.wait_for_line("stats:", LIMIT);
+    for field in [
+        "state=running",
+        "connections=1",
+        "accepted=1",
+        "bytes_echoed=5",
+        "uptime=",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+    // Still serving, still accepting, not draining.
+    assert_eq!(round_trip(&mut client, b"again"), b"again");
+    let mut other = echod.connect();
+    assert_eq!(round_trip(&mut other, b"new"), b"new");
+    assert!(
+        !echod.seen.iter().any(|l| l.contains("drain")),
+        "{}",
+        echod.stderr()
+    );
+}
