@@ -1,1 +1,238 @@
-fn main() {}
+//! `echo-load`: argv -> LoadConfig -> run -> print -> ExitCode.
+//!
+//! Only parses the command line, runs [`echod::load::run`] and maps the
+//! report to an exit status (SPEC "The load generator"): 0 when every byte
+//! was verified and nothing went wrong, 1 when data was wrong or lost or the
+//! run could not happen, 2 on a usage error.
+
+use std::io::IsTerminal as _;
+use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use lexopt::ValueExt as _;
+
+use echod::load::{LoadConfig, LoadError, Payload, Stop, run};
+
+const HELP: &str = "\
+echo-load: drive an echo server with many connections, verify every echoed
+byte, and report throughput, latency and drains
+
+Usage: echo-load [OPTIONS] [ADDR]
+
+Arguments:
+  [ADDR]  server address, host:port or [v6]:port [default: 127.0.0.1:9999]
+
+Options:
+  -c, --connections N       connections to open [default: 50]
+  -d, --duration SECS       send for SECS seconds, fractions allowed [default: 10]
+  -n, --messages N          send exactly N messages in total instead
+  -s, --size BYTES          generated payload of BYTES bytes per message [default: 64]
+  -m, --message TEXT        send TEXT as every message instead
+  -p, --pipeline K          messages in flight per connection [default: 1]
+  -r, --rate R              open loop: R messages/s in total; latency is then
+                            counted from each message's scheduled send time
+  -t, --threads N           worker threads [default: number of CPUs]
+      --connect-timeout SECS  connect timeout, also the final wait for echoes [default: 5]
+      --warmup SECS         verify but do not measure the first SECS seconds [default: 0]
+      --pin CPU,CPU..       pin worker i to the i-th CPU of the list (cycling)
+      --shutdown-message TEXT  the notice a draining server sends [default: SHUTDOWN]
+      --json                print one JSON object instead of the summary table
+      --progress            one progress line per second on stderr (default
+                            when stderr is a terminal)
+  -h, --help                print this help
+  -V, --version             print the version
+
+Exit status:
+  0  every echoed byte was verified and no error occurred (a drain announced
+     by the shutdown message is not an error)
+  1  data was wrong or lost, a connection failed, or the run could not start
+  2  usage error
+";
+
+/// A usage error: what was wrong and why.
+struct Usage {
+    what: String,
+    why: String,
+}
+
+impl Usage {
+    fn new(what: impl Into<String>, why: impl Into<String>) -> Usage {
+        Usage {
+            what: what.into(),
+            why: why.into(),
+        }
+    }
+}
+
+impl From<lexopt::Error> for Usage {
+    fn from(err: lexopt::Error) -> Usage {
+        use lexopt::Error as E;
+        match err {
+            E::MissingValue { option: Some(o) } => Usage::new(o, "missing value"),
+            E::UnexpectedOption(o) => Usage::new(o, "unknown option"),
+            E::UnexpectedArgument(a) => Usage::new(a.to_string_lossy(), "unexpected argument"),
+            E::UnexpectedValue { option, value } => Usage::new(
+                format!("{option}={}", value.to_string_lossy()),
+                "this option takes no value",
+            ),
+            E::NonUnicodeValue(v) => Usage::new(v.to_string_lossy(), "not valid UTF-8"),
+            other => Usage::new("arguments", other.to_string()),
+        }
+    }
+}
+
+/// What the command line asks for.
+enum Command {
+    Help,
+    Version,
+    Run { config: Box<LoadConfig>, json: bool },
+}
+
+fn main() -> ExitCode {
+    let (config, json) = match parse_args() {
+        Ok(Command::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("echo-load {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Run { config, json }) => (config, json),
+        Err(usage) => return usage_error(&usage),
+    };
+    match run(&config) {
+        Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                println!(
+                    "echo-load: {} connections to {}",
+                    config.connections, config.addr
+                );
+                println!("{report}");
+            }
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(LoadError::InvalidConfig { field, reason }) => usage_error(&Usage::new(
+            format!("--{}", field.replace('_', "-")),
+            reason,
+        )),
+        Err(err) => {
+            eprintln!("echo-load: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn usage_error(usage: &Usage) -> ExitCode {
+    eprintln!(
+        "echo-load: {}: {} (see echo-load --help)",
+        usage.what, usage.why
+    );
+    ExitCode::from(2)
+}
+
+fn parse_args() -> Result<Command, Usage> {
+    use lexopt::prelude::*;
+    let mut config = LoadConfig::default();
+    let (mut json, mut progress) = (false, false);
+    let (mut duration, mut messages) = (None, None);
+    let (mut size, mut message) = (None, None);
+    let mut addr = None;
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('c') | Long("connections") => {
+                config.connections = number(&mut parser, "--connections")?
+            }
+            Short('d') | Long("duration") => duration = Some(seconds(&mut parser, "--duration")?),
+            Short('n') | Long("messages") => messages = Some(number(&mut parser, "--messages")?),
+            Short('s') | Long("size") => size = Some(number(&mut parser, "--size")?),
+            Short('m') | Long("message") => message = Some(parser.value()?.string()?),
+            Short('p') | Long("pipeline") => config.pipeline = number(&mut parser, "--pipeline")?,
+            Short('r') | Long("rate") => config.rate = Some(number(&mut parser, "--rate")?),
+            Short('t') | Long("threads") => config.threads = number(&mut parser, "--threads")?,
+            Long("connect-timeout") => {
+                config.connect_timeout = seconds(&mut parser, "--connect-timeout")?
+            }
+            Long("warmup") => config.warmup = seconds(&mut parser, "--warmup")?,
+            Long("pin") => config.pin_cpus = cpus(&parser.value()?.string()?)?,
+            Long("shutdown-message") => {
+                config.shutdown_message = parser.value()?.string()?.into_bytes();
+            }
+            Long("json") => json = true,
+            Long("progress") => progress = true,
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Value(value) if addr.is_none() => addr = Some(value.string()?),
+            _ => return Err(arg.unexpected().into()),
+        }
+    }
+    config.stop = match (duration, messages) {
+        (Some(_), Some(_)) => {
+            return Err(Usage::new("--messages", "cannot be used with --duration"));
+        }
+        (_, Some(n)) => Stop::Messages(n),
+        (Some(d), None) => Stop::Duration(d),
+        (None, None) => config.stop,
+    };
+    config.payload = match (size, message) {
+        (Some(_), Some(_)) => return Err(Usage::new("--message", "cannot be used with --size")),
+        (_, Some(text)) => Payload::Literal(text.into_bytes()),
+        (Some(n), None) => Payload::Size(n),
+        (None, None) => config.payload,
+    };
+    if let Some(addr) = addr {
+        config.addr = resolve(&addr)?;
+    }
+    config.progress = progress || std::io::stderr().is_terminal();
+    Ok(Command::Run {
+        config: Box::new(config),
+        json,
+    })
+}
+
+fn number<T: FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, Usage> {
+    let value = parser.value()?.string()?;
+    value
+        .parse()
+        .map_err(|_| Usage::new(format!("{flag} {value:?}"), "not a valid number"))
+}
+
+fn seconds(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, Usage> {
+    let value = parser.value()?.string()?;
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| Usage::new(format!("{flag} {value:?}"), "not a number of seconds"))
+}
+
+fn cpus(list: &str) -> Result<Vec<usize>, Usage> {
+    list.split(',')
+        .map(|cpu| {
+            cpu.trim().parse().map_err(|_| {
+                Usage::new(format!("--pin {list:?}"), "not a comma-separated CPU list")
+            })
+        })
+        .collect()
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, Usage> {
+    if let Ok(parsed) = SocketAddr::from_str(addr) {
+        return Ok(parsed);
+    }
+    match addr.to_socket_addrs() {
+        Ok(mut found) => found
+            .next()
+            .ok_or_else(|| Usage::new(addr, "no address found for this host")),
+        Err(err) => Err(Usage::new(addr, format!("not a host:port address ({err})"))),
+    }
+}

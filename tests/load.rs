@@ -1,0 +1,551 @@
+//! Integration tests for `echo-load`: the real binary against small servers
+//! written here on real loopback sockets, each with one known behaviour
+//! (correct echo, a flipped byte, a cut stream, a simulated drain).
+//!
+//! Helpers live in this file on purpose: they are specific to the load
+//! generator. Tests wait for events (child exit, accept, EOF); the only
+//! time limits are generous safety nets against hangs.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Safety net for one echo-load run; runs take well under a second.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Starts a server on 127.0.0.1:0 that hands each connection to `serve` on
+/// its own thread. The listener lives until the test process exits.
+fn start_server(serve: fn(TcpStream) -> io::Result<()>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a test server");
+    let addr = listener.local_addr().expect("test server address");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            thread::spawn(move || serve(conn));
+        }
+    });
+    addr
+}
+
+/// A correct echo.
+fn echo(mut conn: TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        conn.write_all(&buf[..n])?;
+    }
+}
+
+/// Echoes, but flips one bit of the 100th byte of every connection.
+fn flip_one_byte(mut conn: TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut seen = 0usize;
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if (seen..seen + n).contains(&99) {
+            buf[99 - seen] ^= 0x01;
+        }
+        seen += n;
+        conn.write_all(&buf[..n])?;
+    }
+}
+
+/// Echoes the first `limit` bytes received, cutting a read in the middle
+/// when needed. The last of them are not written but returned, so the
+/// caller can send them in one write with what follows.
+fn echo_prefix(conn: &mut TcpStream, limit: usize) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; 16 * 1024];
+    let mut echoed = 0;
+    while echoed < limit {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let take = n.min(limit - echoed);
+        if echoed + take < limit {
+            conn.write_all(&buf[..take])?;
+        } else {
+            // The last echo bytes go back with the caller's next write.
+            return Ok(buf[..take].to_vec());
+        }
+        echoed += take;
+    }
+    Ok(Vec::new())
+}
+
+/// Reads and discards until the client closes, so that closing never finds
+/// unread input (which would make the kernel send a reset).
+fn discard_until_eof(mut conn: TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    while conn.read(&mut buf)? > 0 {}
+    Ok(())
+}
+
+/// Echoes 1000 bytes, then ends the stream without a notice.
+fn cut_mid_stream(mut conn: TcpStream) -> io::Result<()> {
+    let last = echo_prefix(&mut conn, 1000)?;
+    conn.write_all(&last)?;
+    conn.shutdown(Shutdown::Write)?;
+    discard_until_eof(conn)
+}
+
+/// Simulated drain: echoes 300 bytes (not a message boundary), then the
+/// notice split over two writes, the first sharing a write with the last
+/// echo bytes, then end-of-stream.
+fn drain_after_300_bytes(mut conn: TcpStream) -> io::Result<()> {
+    let mut last = echo_prefix(&mut conn, 300)?;
+    last.extend_from_slice(b"SHU");
+    conn.write_all(&last)?;
+    conn.write_all(b"TDOWN")?;
+    conn.shutdown(Shutdown::Write)?;
+    discard_until_eof(conn)
+}
+
+/// Runs echo-load with `args` and waits for it to exit.
+#[track_caller]
+fn echo_load(args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_echo-load"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn echo-load");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(RUN_LIMIT) {
+        Ok(output) => output.expect("wait for echo-load"),
+        Err(_) => {
+            // Do not leave a hung child behind the failed test.
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("echo-load {args:?} did not exit within {RUN_LIMIT:?}");
+        }
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The exit code, with the whole output in the failure message.
+#[track_caller]
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "unexpected exit status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// The number after `"key":` in a one-line JSON object (keys are unique).
+#[track_caller]
+fn json_u64(json: &str, key: &str) -> u64 {
+    let pattern = format!("\"{key}\":");
+    let start = json
+        .find(&pattern)
+        .unwrap_or_else(|| panic!("no {key} in {json}"))
+        + pattern.len();
+    let digits: String = json[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a whole number in {json}"))
+}
+
+#[test]
+fn message_count_is_exact_and_clean() {
+    let addr = start_server(echo).to_string();
+    let out = echo_load(&["-c", "4", "-n", "1000", "--json", &addr]);
+    assert_exit(&out, 0);
+    let json = stdout(&out);
+    assert_eq!(json_u64(&json, "messages"), 1000, "{json}");
+    assert_eq!(json_u64(&json, "bytes"), 64_000, "{json}");
+    assert_eq!(json_u64(&json, "samples"), 1000, "{json}");
+    assert_eq!(json_u64(&json, "connections_opened"), 4, "{json}");
+    assert_eq!(json_u64(&json, "total"), 0, "{json}");
+    assert!(json.contains("\"clean\":true"), "{json}");
+}
+
+#[test]
+fn pipelined_literal_messages_over_threads_are_all_verified() {
+    let addr = start_server(echo).to_string();
+    let out = echo_load(&[
+        "-c",
+        "5",
+        "-t",
+        "2",
+        "-p",
+        "8",
+        "-n",
+        "2001",
+        "-m",
+        "hello, echo",
+        "--json",
+        &addr,
+    ]);
+    assert_exit(&out, 0);
+    let json = stdout(&out);
+    assert_eq!(json_u64(&json, "messages"), 2001, "{json}");
+    assert_eq!(json_u64(&json, "bytes"), 2001 * 11, "{json}");
+}
+
+#[test]
+fn large_messages_are_verified_across_many_reads() {
+    let addr = start_server(echo).to_string();
+    let out = echo_load(&[
+        "-c", "2", "-p", "2", "-s", "300000", "-n", "20", "--json", &addr,
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(json_u64(&stdout(&out), "messages"), 20);
+}
+
+#[test]
+fn open_loop_rate_sends_the_requested_messages() {
+    let addr = start_server(echo).to_string();
+    let out = echo_load(&["-c", "3", "-r", "2000", "-n", "300", "--json", &addr]);
+    assert_exit(&out, 0);
+    assert_eq!(json_u64(&stdout(&out), "messages"), 300);
+}
+
+#[test]
+fn duration_run_ends_clean_with_every_echo_verified() {
+    let addr = start_server(echo).to_string();
+    let out = echo_load(&["-c", "3", "-d", "0.3", "--warmup", "0.1", "--json", &addr]);
+    assert_exit(&out, 0);
+    let json = stdout(&out);
+    assert!(json_u64(&json, "messages") > 0, "{json}");
+    assert!(json_u64(&json, "warmup_messages") > 0, "{json}");
+}
+
+#[test]
+fn flipped_byte_is_counted_as_mismatch_and_exits_1() {
+    let addr = start_server(flip_one_byte).to_string();
+    let out = echo_load(&["-c", "2", "-n", "1000", "--json", &addr]);
+    assert_exit(&out, 1);
+    let json = stdout(&out);
+    assert_eq!(json_u64(&json, "mismatch"), 2, "{json}");
+    assert!(json.contains("\"clean\":false"), "{json}");
+}
+
+#[test]
+fn stream_cut_without_notice_is_unexpected_eof_and_exits_1() {
+    let addr = start_server(cut_mid_stream).to_string();
+    let out = echo_load(&["-c", "3", "-n", "1000000", "-p", "2", "--json", &addr]);
+    assert_exit(&out, 1);
+    let json = stdout(&out);
+    assert_eq!(json_u64(&json, "unexpected_eof"), 3, "{json}");
+    assert_eq!(json_u64(&json, "cut_without_notice"), 3, "{json}");
+    assert_eq!(json_u64(&json, "notices"), 0, "{json}");
+}
+
+#[test]
+fn notice_then_end_of_stream_counts_as_drained_and_exits_0() {
+    let addr = start_server(drain_after_300_bytes).to_string();
+    let out = echo_load(&["-c", "4", "-n", "1000000", "-p", "3", "--json", &addr]);
+    assert_exit(&out, 0);
+    let json = stdout(&out);
+    assert_eq!(json_u64(&json, "notices"), 4, "{json}");
+    assert_eq!(json_u64(&json, "total"), 0, "{json}");
+    // 300 echoed bytes hold 4 whole 64-byte messages per connection.
+    assert_eq!(json_u64(&json, "messages"), 16, "{json}");
+    assert!(!json.contains("\"fanout_secs\":null"), "{json}");
+}
+
+#[test]
+fn refused_connections_are_counted_not_fatal() {
+    // Bind then drop: nothing listens on this port any more.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .to_string();
+    let out = echo_load(&["-c", "3", "-n", "10", "--json", &addr]);
+    assert_exit(&out, 1);
+    let json = stdout(&out);
+    assert_eq!(json_u64(&json, "refused"), 3, "{json}");
+    assert_eq!(json_u64(&json, "connections_failed"), 3, "{json}");
+}
+
+#[test]
+fn json_holds_every_documented_field() {
+    let addr = start_server(echo).to_string();
+    let out = echo_load(&["-c", "1", "-n", "10", "--json", &addr]);
+    assert_exit(&out, 0);
+    let json = stdout(&out);
+    assert_eq!(json.trim().lines().count(), 1, "{json}");
+    for key in [
+        "clean",
+        "elapsed_secs",
+        "messages",
+        "warmup_messages",
+        "bytes",
+        "msgs_per_sec",
+        "mib_per_sec",
+        "latency_us",
+        "min",
+        "p50",
+        "p90",
+        "p99",
+        "p999",
+        "max",
+        "samples",
+        "errors",
+        "total",
+        "mismatch",
+        "reset",
+        "timeout",
+        "refused",
+        "emfile",
+        "other",
+        "unexpected_eof",
+        "connections_opened",
+        "connections_failed",
+        "drain",
+        "notices",
+        "cut_without_notice",
+        "unanswered",
+        "first_notice_secs",
+        "last_notice_secs",
+        "last_close_secs",
+        "fanout_secs",
+        "cpu_user_secs",
+        "cpu_sys_secs",
+        "cpu_percent",
+    ] {
+        assert!(json.contains(&format!("\"{key}\":")), "no {key} in {json}");
+    }
+}
+
+#[test]
+fn human_summary_shows_every_section() {
+    let addr = start_server(echo).to_string();
+    let out = echo_load(&["-c", "2", "-n", "50", &addr]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    for section in [
+        "messages",
+        "throughput",
+        "latency",
+        "errors",
+        "drain",
+        "cpu",
+        "clean",
+    ] {
+        assert!(text.contains(section), "no {section} in:\n{text}");
+    }
+}
+
+/// Usage errors: one line on stderr naming the problem, exit 2.
+#[track_caller]
+fn assert_usage_error(args: &[&str], mentions: &str) {
+    let out = echo_load(args);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(err.starts_with("echo-load: "), "{err:?}");
+    assert!(
+        err.contains(mentions),
+        "{err:?} does not mention {mentions}"
+    );
+    assert!(err.contains("--help"), "{err:?} gives no hint");
+    assert!(out.stdout.is_empty(), "usage error printed to stdout");
+}
+
+#[test]
+fn non_numeric_connections_is_a_usage_error() {
+    assert_usage_error(&["-c", "abc"], "abc");
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    assert_usage_error(&["--bogus"], "--bogus");
+}
+
+#[test]
+fn message_containing_the_notice_is_a_usage_error() {
+    assert_usage_error(&["-m", "xxSHUTDOWNxx"], "--message");
+    assert_usage_error(&["-m", "bye", "--shutdown-message", "y"], "--message");
+}
+
+#[test]
+fn zero_connections_and_conflicting_stops_are_usage_errors() {
+    assert_usage_error(&["-c", "0"], "--connections");
+    assert_usage_error(&["-d", "1", "-n", "5"], "--messages");
+    assert_usage_error(&["-d", "-1"], "--duration");
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let help = echo_load(&["--help"]);
+    assert_exit(&help, 0);
+    assert!(stdout(&help).contains("Exit status"));
+    let version = echo_load(&["--version"]);
+    assert_exit(&version, 0);
+    assert!(stdout(&version).starts_with("echo-load "));
+}
+
+/// A child process whose stderr lines arrive on a channel (so it never
+/// blocks on a full pipe), killed and reaped on drop.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    #[track_caller]
+    fn spawn(program: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line that satisfies `wanted` and returns it.
+    #[track_caller]
+    fn wait_for_line(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + RUN_LIMIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if wanted(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no line showing {what}; stderr so far:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for exit and returns the status code and stdout.
+    #[track_caller]
+    fn wait_exit(&mut self, what: &str) -> (Option<i32>, String) {
+        let deadline = Instant::now() + RUN_LIMIT;
+        // The stderr channel closes when the child exits and its pipe ends;
+        // the exit status follows at once, so `wait` then cannot hang.
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("{what} did not exit; stderr:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+        let status = self.child.wait().expect("wait for the child");
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_string(&mut out).expect("read stdout");
+        }
+        (status.code(), out)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sighup_to_echod_mid_run_is_a_clean_drain_on_every_connection() {
+    let mut echod = Proc::spawn(
+        env!("CARGO_BIN_EXE_echod"),
+        &["--listen", "127.0.0.1:0", "--drain-timeout", "2"],
+    );
+    let line = echod.wait_for_line("echod listening", |l| l.contains("listening on 127.0.0.1:"));
+    let addr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let mut load = Proc::spawn(
+        env!("CARGO_BIN_EXE_echo-load"),
+        &[
+            "-c",
+            "20",
+            "-p",
+            "2",
+            "-d",
+            "120",
+            "--progress",
+            "--json",
+            &addr,
+        ],
+    );
+    // A progress line with a non-zero rate: every connection is open and
+    // traffic is flowing, so the drain lands mid-run.
+    load.wait_for_line("echo-load traffic", |l| {
+        l.split_whitespace()
+            .take_while(|w| *w != "msgs/s")
+            .last()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    });
+    let pid = i32::try_from(echod.child.id()).expect("pid fits in pid_t");
+    // SAFETY: kill(2) takes plain integers; the pid is our live child's.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGHUP) },
+        0,
+        "send SIGHUP to echod"
+    );
+    let (code, json) = load.wait_exit("echo-load after the drain");
+    assert_eq!(
+        code,
+        Some(0),
+        "echo-load: {json}\nstderr:\n{}",
+        load.seen.join("\n")
+    );
+    assert_eq!(json_u64(&json, "notices"), 20, "{json}");
+    assert_eq!(json_u64(&json, "connections_opened"), 20, "{json}");
+    assert_eq!(json_u64(&json, "total"), 0, "{json}");
+    assert!(json_u64(&json, "messages") > 0, "{json}");
+    let (code, _) = echod.wait_exit("echod after its drain");
+    assert_eq!(code, Some(0), "echod stderr:\n{}", echod.seen.join("\n"));
+}
