@@ -124,6 +124,9 @@ pub struct Connection<S = mio::net::TcpStream> {
     read_paused: bool,
     /// The interest the socket is registered with; kept by the server.
     pub registered: Interest,
+    /// Set by the server when the connection is to be removed after this
+    /// batch; later events for it in the same batch are ignored.
+    pub closing: bool,
 }
 
 impl<S: Stream> Connection<S> {
@@ -136,6 +139,7 @@ impl<S: Stream> Connection<S> {
             read_closed: false,
             read_paused: false,
             registered: Interest::READABLE,
+            closing: false,
         }
     }
 
@@ -156,11 +160,57 @@ impl<S: Stream> Connection<S> {
 
     /// Handles a readiness event: flush what is pending, read and echo what
     /// the phase allows, move the phase on, and say what to wait for next.
+    #[inline]
     pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, ready: Readiness) -> Step {
+        if let Some(step) = self.echo_fast(ctx, ready) {
+            return step;
+        }
+        self.step_general(ctx, ready)
+    }
+
+    /// Every phase and every case the steady path does not cover. Kept out
+    /// of line so the steady path stays small enough to inline.
+    #[inline(never)]
+    fn step_general(&mut self, ctx: &mut Ctx<'_>, ready: Readiness) -> Step {
         match self.advance(ctx, ready) {
             Ok(more) => self.next_step(more),
             Err(err) => Step::Close(Closed::Failed(err.kind())),
         }
+    }
+
+    /// The steady path: nothing pending, one short read, one complete write.
+    /// Returns `None` to hand over to the general path ([`Self::advance`]),
+    /// which then finds a state consistent with what was done here.
+    #[inline(always)]
+    fn echo_fast(&mut self, ctx: &mut Ctx<'_>, ready: Readiness) -> Option<Step> {
+        if !(ready.readable && !ready.read_closed && self.phase == Phase::Echoing)
+            || self.read_closed
+            || !self.pending.is_empty()
+        {
+            return None;
+        }
+        let want = ctx.buf.len().min(ctx.max_pending);
+        let n = match self.stream.read(&mut ctx.buf[..want]) {
+            Ok(n) if n > 0 => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Some(Step::Keep {
+                    interest: Interest::READABLE,
+                    more: false,
+                });
+            }
+            // EOF, Interrupted, errors: the general path reads again and decides.
+            _ => return None,
+        };
+        ctx.bytes_echoed += n as u64;
+        if let Err(err) = self.send(&ctx.buf[..n]) {
+            return Some(Step::Close(Closed::Failed(err.kind())));
+        }
+        if n < want {
+            // SPEC Running: a short read means the receive buffer is empty.
+            return Some(self.next_step(false));
+        }
+        // A full read: more may be waiting; the general path reads on.
+        None
     }
 
     /// Starts this connection's drain (SPEC "Draining" 3): the bytes in the
@@ -228,6 +278,7 @@ impl<S: Stream> Connection<S> {
     /// Reads and echoes until the socket is empty, the pending bound is hit,
     /// the drain's owed bytes are done, or the per-event cap is reached.
     /// Returns true when it stopped at the cap with input possibly left.
+    #[inline]
     fn pump(&mut self, ctx: &mut Ctx<'_>, eof_reported: bool) -> io::Result<bool> {
         self.read_paused = false;
         for _ in 0..ctx.reads_per_event {
@@ -303,6 +354,7 @@ impl<S: Stream> Connection<S> {
 
     /// Sends `bytes` after whatever is pending: straight from the caller's
     /// buffer when nothing is pending, and only the remainder is copied.
+    #[inline(always)]
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         if !self.pending.is_empty() {
             // The last write hit a full socket buffer: writing now would only
@@ -311,11 +363,14 @@ impl<S: Stream> Connection<S> {
             return Ok(());
         }
         let sent = write_some(&mut self.stream, bytes)?;
-        self.pending.extend_from_slice(&bytes[sent..]);
+        if sent < bytes.len() {
+            self.pending.extend_from_slice(&bytes[sent..]);
+        }
         Ok(())
     }
 
     /// Writes as much of `pending` as the kernel takes.
+    #[inline]
     fn flush(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -330,6 +385,7 @@ impl<S: Stream> Connection<S> {
         Ok(())
     }
 
+    #[inline(always)]
     fn next_step(&mut self, more: bool) -> Step {
         let interest = match self.phase {
             Phase::Echoing if self.read_closed => {
@@ -358,6 +414,7 @@ impl<S: Stream> Connection<S> {
 ///
 /// A short write means the socket buffer is full, so it stops there instead
 /// of making a second call that would only return WouldBlock.
+#[inline(always)]
 fn write_some<S: Stream>(stream: &mut S, bytes: &[u8]) -> io::Result<usize> {
     let mut sent = 0;
     while sent < bytes.len() {

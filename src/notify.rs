@@ -21,6 +21,8 @@ pub struct Notifier {
     status_due: Option<Instant>,
     /// The connection count last reported.
     reported: Option<usize>,
+    /// `STOPPING=1` was sent; from then on status follows the countdown only.
+    stopping: bool,
 }
 
 impl Notifier {
@@ -43,14 +45,18 @@ impl Notifier {
 
     /// `STOPPING=1`, once, as the drain begins.
     pub fn stopping(&mut self) {
+        self.stopping = true;
         self.status_due = None;
         self.send(&[NotifyState::Stopping]);
     }
 
     /// Notes a change in the connection count; a status update follows within a second.
-    pub fn connections_changed(&mut self, _connections: usize, now: Instant) {
-        if self.enabled && self.status_due.is_none() {
-            self.status_due = Some(now + STATUS_INTERVAL);
+    #[inline]
+    pub fn connections_changed(&mut self) {
+        // While draining, the countdown carries the count; a pending update
+        // here would never be cleared and would keep waking the loop.
+        if self.enabled && !self.stopping && self.status_due.is_none() {
+            self.status_due = Some(Instant::now() + STATUS_INTERVAL);
         }
     }
 

@@ -221,8 +221,15 @@ impl Server {
     pub fn run(mut self) -> Result<Summary, Error> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         self.notifier.ready(self.conns.len());
+        // Whether anything time-driven is pending; checked once per turn so
+        // the steady path reads no clock at all.
+        let mut timers = self.has_timers();
         while !self.life.is_stopped() {
-            let timeout = self.poll_timeout(Instant::now());
+            let timeout = if timers || !self.rearm.is_empty() {
+                self.poll_timeout()
+            } else {
+                None
+            };
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -230,29 +237,36 @@ impl Server {
                 error!("event loop failed: {err}");
                 return Err(Error::Poll(err));
             }
-            let rearmed = std::mem::take(&mut self.rearm);
-            for event in events.iter() {
-                self.dispatch(event);
-            }
-            for key in rearmed {
-                self.serve(
-                    key,
-                    Readiness {
+            if self.rearm.is_empty() {
+                for event in events.iter() {
+                    self.dispatch(event);
+                }
+            } else {
+                // Taken before dispatch, which may queue connections for next turn.
+                let rearmed = std::mem::take(&mut self.rearm);
+                for event in events.iter() {
+                    self.dispatch(event);
+                }
+                for key in rearmed {
+                    let ready = Readiness {
                         readable: true,
                         read_closed: false,
-                    },
-                );
+                    };
+                    self.serve(key, ready);
+                }
             }
             self.remove_closed();
-            self.on_clock(Instant::now());
+            timers = self.has_timers();
+            if timers {
+                self.on_clock(Instant::now());
+            }
         }
         Ok(self.finish())
     }
 
-    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.rearm.is_empty() {
-            return Some(Duration::ZERO);
-        }
+    /// The nearest instant the loop must wake at, if any. While serving
+    /// with nothing scheduled there is none, so the steady path reads no clock.
+    fn next_wakeup(&self) -> Option<Instant> {
         [
             self.life.next_wakeup(),
             self.accept.next_wakeup(),
@@ -261,8 +275,24 @@ impl Server {
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// True when anything time-driven is pending: a drain, an accept
+    /// back-off, a status update. The steady path has none and reads no clock.
+    #[inline]
+    fn has_timers(&self) -> bool {
+        !self.life.is_running()
+            || self.accept.next_wakeup().is_some()
+            || self.notifier.next_wakeup().is_some()
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.rearm.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let at = self.next_wakeup()?;
         // Round up so we never wake a hair early and spin until the deadline.
-        .map(|at| at.saturating_duration_since(now) + Duration::from_micros(500))
+        Some(at.saturating_duration_since(Instant::now()) + Duration::from_micros(500))
     }
 
     fn dispatch(&mut self, event: &Event) {
@@ -296,7 +326,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if self.closing.contains(&key) {
+        if conn.closing {
             return;
         }
         let mut ctx = Ctx {
@@ -308,6 +338,10 @@ impl Server {
         };
         let step = conn.on_ready(&mut ctx, ready);
         self.stats.bytes_echoed += ctx.bytes_echoed;
+        if matches!(step, Step::Keep { interest, more: false } if interest == conn.registered) {
+            // The steady path: nothing to reregister, nothing to queue.
+            return;
+        }
         apply(
             self.poll.registry(),
             key,
@@ -332,8 +366,7 @@ impl Server {
         }
         entry.insert(conn);
         self.stats.accepted += 1;
-        self.notifier
-            .connections_changed(self.conns.len(), Instant::now());
+        self.notifier.connections_changed();
         debug!("connection opened: peer={peer} token={key}");
     }
 
@@ -351,8 +384,7 @@ impl Server {
                 self.stats.left += 1;
             }
         }
-        self.notifier
-            .connections_changed(self.conns.len(), Instant::now());
+        self.notifier.connections_changed();
         if self.life.is_running() {
             self.resume_accepting();
         }
@@ -414,7 +446,7 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if self.closing.contains(&key) {
+        if conn.closing {
             return;
         }
         let mut ctx = Ctx {
@@ -526,6 +558,7 @@ impl Server {
 
 /// Applies a connection's step: reregister when the interest changed, queue
 /// it for another turn, or schedule its removal after the batch.
+#[inline]
 fn apply(
     registry: &Registry,
     key: usize,
@@ -539,6 +572,7 @@ fn apply(
             if interest != conn.registered {
                 if let Err(err) = registry.reregister(conn.stream_mut(), Token(key), interest) {
                     debug!("connection closed: token={key} reregister failed: {err}");
+                    conn.closing = true;
                     closing.push(key);
                     return;
                 }
@@ -553,6 +587,7 @@ fn apply(
                 Closed::PeerDone => debug!("connection closed: token={key} peer done"),
                 Closed::Failed(kind) => debug!("connection closed: token={key} error={kind}"),
             }
+            conn.closing = true;
             closing.push(key);
         }
     }
