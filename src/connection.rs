@@ -8,7 +8,7 @@
 //! yet are copied into the connection's own `pending` vector, so an idle or
 //! keeping-up connection owns no heap memory at all.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Shutdown;
 
 use mio::Interest;
@@ -27,11 +27,15 @@ pub trait Stream {
 }
 
 impl Stream for mio::net::TcpStream {
+    // Straight to recv/send: mio's and std's wrappers add nothing on Linux
+    // but a few dozen instructions per message (docs/benchmarks.md).
+    #[inline]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Read::read(self, buf)
+        crate::sys::recv(self, buf)
     }
+    #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Write::write(self, buf)
+        crate::sys::send(self, buf)
     }
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
@@ -83,19 +87,33 @@ pub enum Closed {
 }
 
 /// The loop's shared state a step needs: the one read buffer, the notice,
-/// the limits, and a counter the step adds echoed bytes to.
+/// the limits, and a counter the step adds echoed bytes to. The server owns
+/// one for its whole life, so nothing is set up per event.
 #[derive(Debug)]
-pub struct Ctx<'a> {
+pub struct Ctx {
     /// The loop's one read buffer, shared by every connection.
-    pub buf: &'a mut [u8],
+    pub buf: Box<[u8]>,
     /// The notice bytes (`--shutdown-message`).
-    pub notice: &'a [u8],
+    pub notice: Box<[u8]>,
     /// `--max-pending`: unsent bytes a connection may hold before reading pauses.
     pub max_pending: usize,
     /// Reads one connection may do per event, so one fast peer cannot starve the rest.
     pub reads_per_event: usize,
     /// Running total of bytes read and queued for echo.
     pub bytes_echoed: u64,
+}
+
+impl Ctx {
+    /// A context with a `buf_len`-byte read buffer and the given notice and bound.
+    pub fn new(buf_len: usize, notice: &[u8], max_pending: usize, reads_per_event: usize) -> Self {
+        Ctx {
+            buf: vec![0; buf_len].into_boxed_slice(),
+            notice: notice.into(),
+            max_pending,
+            reads_per_event,
+            bytes_echoed: 0,
+        }
+    }
 }
 
 /// What the event said about the socket.
@@ -161,7 +179,7 @@ impl<S: Stream> Connection<S> {
     /// Handles a readiness event: flush what is pending, read and echo what
     /// the phase allows, move the phase on, and say what to wait for next.
     #[inline]
-    pub fn on_ready(&mut self, ctx: &mut Ctx<'_>, ready: Readiness) -> Step {
+    pub fn on_ready(&mut self, ctx: &mut Ctx, ready: Readiness) -> Step {
         if let Some(step) = self.echo_fast(ctx, ready) {
             return step;
         }
@@ -171,7 +189,7 @@ impl<S: Stream> Connection<S> {
     /// Every phase and every case the steady path does not cover. Kept out
     /// of line so the steady path stays small enough to inline.
     #[inline(never)]
-    fn step_general(&mut self, ctx: &mut Ctx<'_>, ready: Readiness) -> Step {
+    fn step_general(&mut self, ctx: &mut Ctx, ready: Readiness) -> Step {
         match self.advance(ctx, ready) {
             Ok(more) => self.next_step(more),
             Err(err) => Step::Close(Closed::Failed(err.kind())),
@@ -182,7 +200,7 @@ impl<S: Stream> Connection<S> {
     /// Returns `None` to hand over to the general path ([`Self::advance`]),
     /// which then finds a state consistent with what was done here.
     #[inline(always)]
-    fn echo_fast(&mut self, ctx: &mut Ctx<'_>, ready: Readiness) -> Option<Step> {
+    fn echo_fast(&mut self, ctx: &mut Ctx, ready: Readiness) -> Option<Step> {
         if !(ready.readable && !ready.read_closed && self.phase == Phase::Echoing)
             || self.read_closed
             || !self.pending.is_empty()
@@ -207,7 +225,15 @@ impl<S: Stream> Connection<S> {
         }
         if n < want {
             // SPEC Running: a short read means the receive buffer is empty.
-            return Some(self.next_step(false));
+            let interest = if self.pending.is_empty() {
+                Interest::READABLE
+            } else {
+                Interest::READABLE | Interest::WRITABLE
+            };
+            return Some(Step::Keep {
+                interest,
+                more: false,
+            });
         }
         // A full read: more may be waiting; the general path reads on.
         None
@@ -215,7 +241,7 @@ impl<S: Stream> Connection<S> {
 
     /// Starts this connection's drain (SPEC "Draining" 3): the bytes in the
     /// receive buffer right now are owed an echo, then the notice follows.
-    pub fn begin_drain(&mut self, ctx: &mut Ctx<'_>) -> Step {
+    pub fn begin_drain(&mut self, ctx: &mut Ctx) -> Step {
         let owed = if self.read_closed {
             0
         } else {
@@ -245,7 +271,7 @@ impl<S: Stream> Connection<S> {
         }
     }
 
-    fn advance(&mut self, ctx: &mut Ctx<'_>, ready: Readiness) -> io::Result<bool> {
+    fn advance(&mut self, ctx: &mut Ctx, ready: Readiness) -> io::Result<bool> {
         self.flush()?;
         let may_read = (ready.readable || self.read_paused) && !self.read_closed;
         let mut more = false;
@@ -259,7 +285,7 @@ impl<S: Stream> Connection<S> {
         if let Phase::Draining { owed } = self.phase {
             if owed == 0 || self.read_closed {
                 // SPEC Draining 3: the echo of what arrived before the drain, then the notice.
-                self.send(ctx.notice)?;
+                self.send(&ctx.notice)?;
                 self.phase = Phase::Noticing;
                 more = false;
             }
@@ -279,7 +305,7 @@ impl<S: Stream> Connection<S> {
     /// the drain's owed bytes are done, or the per-event cap is reached.
     /// Returns true when it stopped at the cap with input possibly left.
     #[inline]
-    fn pump(&mut self, ctx: &mut Ctx<'_>, eof_reported: bool) -> io::Result<bool> {
+    fn pump(&mut self, ctx: &mut Ctx, eof_reported: bool) -> io::Result<bool> {
         self.read_paused = false;
         for _ in 0..ctx.reads_per_event {
             let room = ctx.max_pending.saturating_sub(self.pending.len());
@@ -333,10 +359,10 @@ impl<S: Stream> Connection<S> {
     }
 
     /// Reads and drops input while lingering. Returns true at the per-event cap.
-    fn discard(&mut self, ctx: &mut Ctx<'_>, eof_reported: bool) -> io::Result<bool> {
+    fn discard(&mut self, ctx: &mut Ctx, eof_reported: bool) -> io::Result<bool> {
         self.read_paused = false;
         for _ in 0..ctx.reads_per_event {
-            match self.stream.read(ctx.buf) {
+            match self.stream.read(&mut ctx.buf) {
                 Ok(0) => {
                     self.read_closed = true;
                     return Ok(false);
@@ -503,14 +529,8 @@ mod tests {
 
     const NOTICE: &[u8] = b"SHUTDOWN";
 
-    fn ctx(buf: &mut [u8], max_pending: usize) -> Ctx<'_> {
-        Ctx {
-            buf,
-            notice: NOTICE,
-            max_pending,
-            reads_per_event: 4,
-            bytes_echoed: 0,
-        }
+    fn ctx(buf_len: usize, max_pending: usize) -> Ctx {
+        Ctx::new(buf_len, NOTICE, max_pending, 4)
     }
 
     fn ready() -> Readiness {
@@ -536,10 +556,10 @@ mod tests {
     /// `on_step` may start the drain. Returns why it closed.
     fn drive(
         conn: &mut Connection<Fake>,
-        buf: &mut [u8],
+        buf_len: usize,
         max_pending: usize,
         arrivals: &[usize],
-        mut on_step: impl FnMut(&mut Connection<Fake>, &mut Ctx<'_>, usize) -> Option<Step>,
+        mut on_step: impl FnMut(&mut Connection<Fake>, &mut Ctx, usize) -> Option<Step>,
     ) -> Closed {
         for round in 0..100_000 {
             {
@@ -554,7 +574,7 @@ mod tests {
                     fake.calls = fake.calls.wrapping_add(1);
                 }
             }
-            let mut c = ctx(buf, max_pending);
+            let mut c = ctx(buf_len, max_pending);
             let step = match on_step(conn, &mut c, round) {
                 Some(step) => step,
                 None => conn.on_ready(&mut c, ready()),
@@ -579,8 +599,7 @@ mod tests {
             prop_assume!(writes.iter().any(|&w| w > 0));
             let fake = Fake { input: input.clone(), read_caps: reads, write_caps: writes, ..Fake::default() };
             let mut conn = Connection::new(fake);
-            let mut buf = vec![0; buf_len];
-            let why = drive(&mut conn, &mut buf, max_pending, &arrivals, |_, _, _| None);
+            let why = drive(&mut conn, buf_len, max_pending, &arrivals, |_, _, _| None);
             prop_assert_eq!(why, Closed::PeerDone);
             prop_assert!(conn.stream.output == input, "echo differs");
             prop_assert!(!conn.stream.shut, "no notice, no shutdown while running");
@@ -594,9 +613,8 @@ mod tests {
             prop_assume!(writes.iter().any(|&w| w > 0));
             let fake = Fake { input: input.clone(), read_caps: reads, write_caps: writes, ..Fake::default() };
             let mut conn = Connection::new(fake);
-            let mut buf = vec![0; buf_len];
             let mut arrived_at_drain = None;
-            let why = drive(&mut conn, &mut buf, max_pending, &arrivals, |conn, ctx, round| {
+            let why = drive(&mut conn, buf_len, max_pending, &arrivals, |conn, ctx, round| {
                 if round == drain_round {
                     arrived_at_drain = Some(conn.stream.arrived);
                     Some(conn.begin_drain(ctx))
@@ -630,8 +648,8 @@ mod tests {
             ..Fake::default()
         };
         let mut conn = Connection::new(fake);
-        let mut buf = vec![0; 64];
-        let step = conn.on_ready(&mut ctx(&mut buf, 1024), ready());
+        let buf = 64;
+        let step = conn.on_ready(&mut ctx(buf, 1024), ready());
         assert_eq!(conn.pending_len(), 3);
         assert_eq!(
             step,
@@ -641,7 +659,7 @@ mod tests {
             }
         );
         conn.stream.write_caps = vec![100];
-        let step = conn.on_ready(&mut ctx(&mut buf, 1024), Readiness::default());
+        let step = conn.on_ready(&mut ctx(buf, 1024), Readiness::default());
         assert_eq!(conn.pending.capacity(), 0);
         assert_eq!(
             step,
@@ -663,8 +681,8 @@ mod tests {
             ..Fake::default()
         };
         let mut conn = Connection::new(fake);
-        let mut buf = vec![0; 64];
-        conn.on_ready(&mut ctx(&mut buf, 1024), ready());
+        let buf = 64;
+        conn.on_ready(&mut ctx(buf, 1024), ready());
         // One read (short) and one write: no third call returning WouldBlock.
         assert_eq!(conn.stream.calls, 2);
     }
@@ -680,9 +698,9 @@ mod tests {
             ..Fake::default()
         };
         let mut conn = Connection::new(fake);
-        let mut buf = vec![0; 64];
+        let buf = 64;
         let step = conn.on_ready(
-            &mut ctx(&mut buf, 1024),
+            &mut ctx(buf, 1024),
             Readiness {
                 readable: true,
                 read_closed: true,
@@ -703,8 +721,8 @@ mod tests {
             ..Fake::default()
         };
         let mut conn = Connection::new(fake);
-        let mut buf = vec![0; 4096];
-        let step = conn.on_ready(&mut ctx(&mut buf, 2500), ready());
+        let buf = 4096;
+        let step = conn.on_ready(&mut ctx(buf, 2500), ready());
         assert_eq!(conn.pending_len(), 2500);
         assert_eq!(conn.stream.read_pos, 2500);
         assert!(conn.read_paused, "reading resumes without a new edge");

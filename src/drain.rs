@@ -30,6 +30,9 @@ impl fmt::Display for DrainReason {
 }
 
 /// Where the server is in its life.
+// An explicit tag: `is_running` is checked every turn of the loop, and a
+// niche-encoded tag would cost several compares.
+#[repr(u8)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     /// Accepting and echoing.

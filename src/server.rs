@@ -44,12 +44,11 @@ const READS_PER_EVENT: usize = 16;
 const EVENTS_PER_POLL: usize = 1024;
 
 /// Counters kept over the server's life, logged on SIGUSR1 and at the end.
+/// (Echoed bytes are counted in the connections' shared context.)
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Connections accepted since start.
     pub accepted: u64,
-    /// Bytes read from connections and queued for echo.
-    pub bytes_echoed: u64,
     /// Connections that closed on their own after the drain began.
     pub left: u64,
     /// Connections closed by the server at the deadline or by a forced stop.
@@ -108,8 +107,9 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     /// Connections; the slab key is the connection's token.
     pub(crate) conns: Slab<Connection>,
-    /// The one read buffer shared by every connection.
-    buf: Box<[u8]>,
+    /// What every connection step shares: the one read buffer, the notice,
+    /// the limits, and the echoed-bytes counter.
+    ctx: Ctx,
     /// Running -> Draining -> Stopped.
     life: Lifecycle,
     /// Keys of connections closed during this batch, removed after it so a
@@ -172,7 +172,12 @@ impl Server {
             listeners,
             addrs,
             conns: Slab::new(),
-            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            ctx: Ctx::new(
+                READ_BUFFER,
+                &config.shutdown_message,
+                config.max_pending,
+                READS_PER_EVENT,
+            ),
             life: Lifecycle::default(),
             closing: Vec::new(),
             rearm: Vec::new(),
@@ -295,6 +300,7 @@ impl Server {
         Some(at.saturating_duration_since(Instant::now()) + Duration::from_micros(500))
     }
 
+    #[inline(always)]
     fn dispatch(&mut self, event: &Event) {
         match event.token() {
             SIGNAL_TOKEN => self.on_signals(),
@@ -320,6 +326,7 @@ impl Server {
     }
 
     /// Runs one connection's step and applies what it asks for.
+    #[inline(always)]
     fn serve(&mut self, key: usize, ready: Readiness) {
         // A missing or closing entry is a spurious event (mio allows them) or
         // a stale rearm: ignore it.
@@ -329,15 +336,7 @@ impl Server {
         if conn.closing {
             return;
         }
-        let mut ctx = Ctx {
-            buf: &mut self.buf,
-            notice: &self.config.shutdown_message,
-            max_pending: self.config.max_pending,
-            reads_per_event: READS_PER_EVENT,
-            bytes_echoed: 0,
-        };
-        let step = conn.on_ready(&mut ctx, ready);
-        self.stats.bytes_echoed += ctx.bytes_echoed;
+        let step = conn.on_ready(&mut self.ctx, ready);
         if matches!(step, Step::Keep { interest, more: false } if interest == conn.registered) {
             // The steady path: nothing to reregister, nothing to queue.
             return;
@@ -449,15 +448,7 @@ impl Server {
         if conn.closing {
             return;
         }
-        let mut ctx = Ctx {
-            buf: &mut self.buf,
-            notice: &self.config.shutdown_message,
-            max_pending: self.config.max_pending,
-            reads_per_event: READS_PER_EVENT,
-            bytes_echoed: 0,
-        };
-        let step = conn.begin_drain(&mut ctx);
-        self.stats.bytes_echoed += ctx.bytes_echoed;
+        let step = conn.begin_drain(&mut self.ctx);
         apply(
             self.poll.registry(),
             key,
@@ -497,7 +488,7 @@ impl Server {
     /// input first so each close sends FIN rather than RST where it can.
     fn close_all(&mut self) {
         for (_, conn) in self.conns.iter_mut() {
-            conn.discard_unread(&mut self.buf);
+            conn.discard_unread(&mut self.ctx.buf);
         }
         let open = self.conns.len() - self.closing.len();
         self.stats.closed_at_deadline += open as u64;
@@ -524,7 +515,7 @@ impl Server {
             "stats: state={state} connections={} accepted={} bytes_echoed={} uptime={:.1}s",
             self.conns.len(),
             self.stats.accepted,
-            self.stats.bytes_echoed,
+            self.ctx.bytes_echoed,
             self.started.elapsed().as_secs_f64()
         );
     }
@@ -538,7 +529,7 @@ impl Server {
             reason,
             end,
             accepted: self.stats.accepted,
-            bytes_echoed: self.stats.bytes_echoed,
+            bytes_echoed: self.ctx.bytes_echoed,
             left: self.stats.left,
             closed_at_deadline: self.stats.closed_at_deadline,
         };

@@ -67,6 +67,43 @@ pub fn unread_bytes(fd: &impl AsRawFd) -> io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// `recv(2)` without flags: one system call, no wrapper layers.
+///
+/// # Errors
+///
+/// The OS error, including `WouldBlock` on an empty non-blocking socket.
+#[inline]
+pub fn recv(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `send(2)` with `MSG_NOSIGNAL`: a peer that closed yields `EPIPE`, not SIGPIPE.
+///
+/// # Errors
+///
+/// The OS error, including `WouldBlock` when the send buffer is full.
+#[inline]
+pub fn send(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Pins the calling thread to one CPU.
 ///
 /// # Errors
