@@ -256,3 +256,29 @@ fn many_clients_all_get_the_notice() {
     let last = echod.wait_for_line("drain finished", LIMIT);
     assert!(last.contains("left=100"), "{last}");
 }
+
+#[test]
+fn the_drain_logs_a_countdown_once_a_second() {
+    let mut echod = Echod::spawn(&["--drain-timeout", "2.5"]);
+    let mut client = echod.connect();
+    assert_eq!(round_trip(&mut client, b"count"), b"count");
+    echod.signal(libc::SIGTERM);
+    let remaining = |line: &str| -> f64 {
+        let value = line
+            .split("remaining=")
+            .nth(1)
+            .and_then(|r| r.split('s').next());
+        value
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no remaining= in {line}"))
+    };
+    let first = echod.next_line_matching("drain countdown", LIMIT);
+    assert!(first.contains("connections=1"), "{first}");
+    let second = echod.next_line_matching("drain countdown", LIMIT);
+    // About a second apart, counting down toward the 2.5 s deadline; the
+    // exact values depend on scheduling, so only the order is asserted.
+    assert!(remaining(&first) < 2.5 && remaining(&first) > remaining(&second));
+    assert!(echod.wait_exit(LIMIT).success());
+    let last = echod.wait_for_line("drain finished", LIMIT);
+    assert!(last.contains("closed_at_deadline=1"), "{last}");
+}

@@ -398,3 +398,34 @@ fn two_hundred_concurrent_connections_echo_byte_exact() {
     }
     assert_eq!(verified, CONNECTIONS, "stderr:\n{}", echod.stderr());
 }
+
+/// The soft limit of open files, from `/proc/PID/limits`.
+fn soft_nofile(pid: i32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files line");
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_limit_at_start() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let echod = Echod::spawn_command(cmd, 1);
+    assert_eq!(soft_nofile(echod.pid()), 4096);
+}
