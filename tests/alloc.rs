@@ -78,7 +78,10 @@ fn echoing_allocates_nothing_per_message_once_connections_are_established() {
     round_trips(&mut clients, 200);
     let before = SERVER_ALLOCS.load(Ordering::SeqCst);
     // The counter works: start-up and accepting (slab growth) did allocate.
-    assert!(before > 0, "the counting allocator saw no server allocation at all");
+    assert!(
+        before > 0,
+        "the counting allocator saw no server allocation at all"
+    );
     round_trips(&mut clients, 2_000);
     let after = SERVER_ALLOCS.load(Ordering::SeqCst);
     assert_eq!(
