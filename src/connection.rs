@@ -209,15 +209,21 @@ impl<S: Stream> Connection<S> {
         }
         let want = ctx.buf.len().min(ctx.max_pending);
         let n = match self.stream.read(&mut ctx.buf[..want]) {
-            Ok(n) if n > 0 => n,
+            Ok(0) => {
+                // The peer closed its side and nothing is pending: done.
+                self.read_closed = true;
+                return Some(Step::Close(Closed::PeerDone));
+            }
+            Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Some(Step::Keep {
                     interest: Interest::READABLE,
                     more: false,
                 });
             }
-            // EOF, Interrupted, errors: the general path reads again and decides.
-            _ => return None,
+            // Interrupted: the general path reads again.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return None,
+            Err(e) => return Some(Step::Close(Closed::Failed(e.kind()))),
         };
         ctx.bytes_echoed += n as u64;
         if let Err(err) = self.send(&ctx.buf[..n]) {
