@@ -441,6 +441,9 @@ impl Server {
         }
     }
 
+    // The same shape as `serve`, kept apart on purpose: sharing one generic
+    // step function cost the steady path 18 instructions per message
+    // (callgrind), as the drain code got inlined into the loop.
     fn drain_connection(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
