@@ -435,6 +435,11 @@ impl Server {
             self.conns.len(),
             self.config.drain_timeout
         );
+        // The first draining status now, not a second later: a short drain
+        // would otherwise only ever say STOPPING.
+        let open = self.conns.len();
+        self.notifier
+            .on_clock(now, open, Some(self.config.drain_timeout));
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.drain_connection(key);
