@@ -9,7 +9,8 @@ drift on a shared machine spreads across all of them instead of landing on
 one. Before each run it waits (at most 90 s) for the machine to be idle. For
 each run it prints the client's rps, the server's CPU time and "foreign" CPU:
 busy time in /proc/stat that neither the server nor the client accounts for.
-That covers other processes and softirq work. A high figure marks a run
+That covers other processes and softirq work; the client's CPU comes from
+wait4, so it counts all its threads. A high figure marks a run
 disturbed by something else. The summary gives medians, including server CPU
 per request, which is less sensitive to sharing than rps.
 
@@ -45,7 +46,7 @@ def busy_ticks():
 
 
 def process_ticks(pid):
-    """User + system ticks of every thread of pid (threads that already exited are missed)."""
+    """User + system ticks of every live thread of pid (the servers' threads live until SIGTERM)."""
     total = 0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -84,14 +85,11 @@ def run_once(server, args):
             client += ["--pin", "0"]
         busy_before, server_before = busy_ticks(), process_ticks(proc.pid)
         child = subprocess.Popen(client, stdout=subprocess.PIPE, text=True)
-        client_ticks = 0
-        # The client's ticks vanish with it, so sample them until it exits.
-        while child.poll() is None:
-            try:
-                client_ticks = process_ticks(child.pid)
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-            time.sleep(0.05)
+        # wait4 gives the client's CPU time summed over all its threads, even
+        # those that have already exited. Its one output line fits in the pipe.
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        client_ticks = (usage.ru_utime + usage.ru_stime) * HZ
         out = child.stdout.read().strip()
         server_ticks = process_ticks(proc.pid) - server_before
         busy = busy_ticks() - busy_before
@@ -130,7 +128,7 @@ def main():
             results[server].append(r)
             print(f"round={round_no} {os.path.basename(server):14s} rps={r['rps']:>9.1f} "
                   f"requests={r['requests']} seconds={r['seconds']} server_cpu={r['server_cpu']:.2f}s "
-                  f"client_cpu~{r['client_cpu']:.2f}s foreign_cpu~{r['foreign_cpu']:.2f}s "
+                  f"client_cpu={r['client_cpu']:.2f}s foreign_cpu~{r['foreign_cpu']:.2f}s "
                   f"idle_before={r['idle_before']}", flush=True)
     print("summary (medians):")
     for server, runs in results.items():
