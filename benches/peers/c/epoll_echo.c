@@ -53,6 +53,13 @@ static void die(const char *what, const char *detail)
     exit(1);
 }
 
+/* A malformed ADDR is a usage error: exit 2, like the Rust peers. */
+static void bad_addr(const char *arg, const char *why)
+{
+    fprintf(stderr, "epoll_echo: invalid ADDR \"%s\": %s\n", arg, why);
+    exit(2);
+}
+
 static void close_conn(struct conn *c)
 {
     /* close() also removes the fd from the epoll set (no dup'd fds here). */
@@ -159,7 +166,7 @@ static int listen_on(const char *arg)
     char host[256];
     const char *colon = strrchr(arg, ':');
     if (colon == NULL || (size_t)(colon - arg) >= sizeof host)
-        die("invalid ADDR (expected IP:PORT)", arg);
+        bad_addr(arg, "expected IP:PORT");
     size_t hlen = (size_t)(colon - arg);
     memcpy(host, arg, hlen);
     host[hlen] = '\0';
@@ -175,7 +182,7 @@ static int listen_on(const char *arg)
     hints.ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV;
     int rc = getaddrinfo(h, colon + 1, &hints, &ai);
     if (rc != 0)
-        die(arg, gai_strerror(rc));
+        bad_addr(arg, gai_strerror(rc));
 
     int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
