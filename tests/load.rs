@@ -258,6 +258,28 @@ fn stream_cut_without_notice_is_unexpected_eof_and_exits_1() {
 }
 
 #[test]
+fn a_server_that_never_echoes_ends_the_run_with_timeouts() {
+    // A count run against a server that reads but never answers used to
+    // wait forever; now a whole --connect-timeout without progress ends it.
+    let addr = start_server(discard_until_eof).to_string();
+    let args = [
+        "-c",
+        "2",
+        "-n",
+        "100",
+        "--connect-timeout",
+        "0.5",
+        "--json",
+        &addr,
+    ];
+    let out = echo_load(&args);
+    assert_exit(&out, 1);
+    let json = stdout(&out);
+    assert_eq!(json_u64(&json, "timeout"), 2, "{json}");
+    assert_eq!(json_u64(&json, "messages"), 0, "{json}");
+}
+
+#[test]
 fn notice_then_end_of_stream_counts_as_drained_and_exits_0() {
     let addr = start_server(drain_after_300_bytes).to_string();
     let out = echo_load(&["-c", "4", "-n", "1000000", "-p", "3", "--json", &addr]);

@@ -106,6 +106,9 @@ struct Worker<'a> {
     budget: Option<u64>,
     /// Sum of every connection's `outstanding()`.
     in_flight: u64,
+    /// When an echo byte last arrived: a server silent for `connect_timeout`
+    /// with messages in flight has stalled, and the run ends with timeouts.
+    last_progress: Instant,
     /// Slab key of each open connection by slot (open loop).
     slots: Vec<usize>,
     /// Messages scheduled so far (open loop).
@@ -156,6 +159,7 @@ fn prepare<'a>(
         grace_deadline: None,
         budget: plan.budget,
         in_flight: 0,
+        last_progress: now,
         slots: Vec::new(),
         due: 0,
         out: Output::new(now),
@@ -292,6 +296,7 @@ impl Worker<'_> {
         self.stop_at = self.shared.duration.map(|d| self.measure_start + d);
         self.out.end = self.measure_start;
         self.sending = true;
+        self.last_progress = start;
         self.slots = self.conns.iter().map(|(key, _)| key).collect();
         for (slot, &key) in self.slots.iter().enumerate() {
             if let Some(conn) = self.conns.get_mut(key) {
@@ -307,6 +312,12 @@ impl Worker<'_> {
         loop {
             let now = Instant::now();
             self.tick(now);
+            if self.is_stalled(now) {
+                // Nothing echoed for a whole timeout: the rest is counted as
+                // timeouts by close_all instead of waiting forever.
+                self.stop_sending(now);
+                self.grace_deadline = Some(now);
+            }
             if self.is_finished(now) {
                 break;
             }
@@ -356,6 +367,14 @@ impl Worker<'_> {
         }
     }
 
+    fn is_stalled(&self, now: Instant) -> bool {
+        self.sending && self.in_flight > 0 && now >= self.stall_deadline()
+    }
+
+    fn stall_deadline(&self) -> Instant {
+        self.last_progress + self.shared.connect_timeout
+    }
+
     fn is_finished(&self, now: Instant) -> bool {
         if self.conns.is_empty() {
             return true;
@@ -382,6 +401,10 @@ impl Worker<'_> {
         if let (true, false, Some(rate)) = (self.sending, all_due, self.plan.rate) {
             let at = self.start + Duration::from_secs_f64(self.due as f64 / rate);
             next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        if self.sending && self.in_flight > 0 {
+            let stall = self.stall_deadline();
+            next = Some(next.map_or(stall, |n| n.min(stall)));
         }
         next.map(|t| t.saturating_duration_since(now))
     }
@@ -464,6 +487,7 @@ impl Worker<'_> {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
+        self.last_progress = now;
         let shared = self.shared;
         let before = conn.outstanding();
         let fed = conn
