@@ -31,8 +31,6 @@ pub(crate) struct AcceptState {
     at_limit: bool,
     /// Accepting pauses until then after descriptor exhaustion.
     backoff_until: Option<Instant>,
-    /// Set when the back-off has passed and accepting should be retried.
-    retry_due: bool,
     /// Last exhaustion warning, for the once-a-second limit.
     last_warning: Option<Instant>,
 }
@@ -43,17 +41,14 @@ impl AcceptState {
         self.backoff_until
     }
 
-    /// Ends the back-off when its time has come.
-    pub(crate) fn on_clock(&mut self, now: Instant) {
+    /// Ends the back-off when its time has come; true when accepting should
+    /// be retried now.
+    pub(crate) fn on_clock(&mut self, now: Instant) -> bool {
         if self.backoff_until.is_some_and(|until| now >= until) {
             self.backoff_until = None;
-            self.retry_due = true;
+            return true;
         }
-    }
-
-    /// True once after the back-off ended.
-    pub(crate) fn is_retry_due(&mut self, _now: Instant) -> bool {
-        std::mem::take(&mut self.retry_due)
+        false
     }
 
     fn is_backing_off(&self) -> bool {

@@ -469,8 +469,7 @@ impl Server {
 
     fn on_clock(&mut self, now: Instant) {
         if self.life.is_running() {
-            self.accept.on_clock(now);
-            if self.accept.is_retry_due(now) {
+            if self.accept.on_clock(now) {
                 self.resume_accepting();
             }
             self.notifier.on_clock(now, self.conns.len(), None);
