@@ -29,6 +29,8 @@ const WARN_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) struct AcceptState {
     /// At `--max-connections`; cleared (and accepting resumed) when one closes.
     at_limit: bool,
+    /// The limit warning was logged in this episode (a client was seen waiting).
+    limit_warned: bool,
     /// Accepting pauses until then after descriptor exhaustion.
     backoff_until: Option<Instant>,
     /// Last exhaustion warning, for the once-a-second limit.
@@ -108,7 +110,8 @@ impl Server {
     /// connection limit is reached (only while running) or descriptors run out.
     ///
     /// At the limit, accepting stops until a connection closes; new clients
-    /// wait in the kernel backlog, and the warning is logged once per episode.
+    /// wait in the kernel backlog. The warning is logged once per episode,
+    /// when a client is seen waiting, not merely because the limit was reached.
     /// On `EMFILE`/`ENFILE` it warns at most once a second and pauses for
     /// [`BACKOFF`]: the loop keeps serving, and it does not spin, because the
     /// edge-triggered listener does not report the waiting clients again.
@@ -117,10 +120,14 @@ impl Server {
         if running && self.accept.is_backing_off() {
             return;
         }
+        // Called at the limit, this is a listener event: a client is waiting.
+        // Reaching the limit with our own accepts says nothing yet.
+        let mut client_waiting = true;
         loop {
             if running && self.conns.len() >= self.config.max_connections {
-                if !self.accept.at_limit {
-                    self.accept.at_limit = true;
+                self.accept.at_limit = true;
+                if client_waiting && !self.accept.limit_warned {
+                    self.accept.limit_warned = true;
                     warn!(
                         "connection limit reached: max_connections={}; new connections wait in the backlog",
                         self.config.max_connections
@@ -128,6 +135,7 @@ impl Server {
                 }
                 return;
             }
+            client_waiting = false;
             let Some(listener) = self.listeners.get(index) else {
                 return;
             };
@@ -162,7 +170,9 @@ impl Server {
                 return;
             }
             self.accept.at_limit = false;
-            info!("connection limit cleared: connections={}", self.conns.len());
+            if std::mem::take(&mut self.accept.limit_warned) {
+                info!("connection limit cleared: connections={}", self.conns.len());
+            }
         }
         for index in 0..self.listeners.len() {
             self.accept_ready(index);

@@ -429,3 +429,24 @@ fn the_soft_descriptor_limit_is_raised_to_the_hard_limit_at_start() {
     let echod = Echod::spawn_command(cmd, 1);
     assert_eq!(soft_nofile(echod.pid()), 4096);
 }
+
+#[test]
+fn reaching_the_limit_with_nobody_waiting_logs_no_warning() {
+    let mut echod = Echod::spawn(&["--max-connections", "2"]);
+    let mut conns: Vec<TcpStream> = (0..2).map(|_| echod.connect()).collect();
+    for c in &mut conns {
+        assert_eq!(round_trip(c, b"full"), b"full");
+    }
+    // Everything the server logged about those connections is out by the
+    // time it answers SIGUSR1.
+    stats_barrier(&mut echod);
+    assert_eq!(
+        count_lines(&echod, "connection limit reached"),
+        0,
+        "{}",
+        echod.stderr()
+    );
+    // A third client does wait: now the warning comes, once.
+    let _waiting = echod.connect();
+    echod.wait_for_line("connection limit reached", LIMIT);
+}
