@@ -12,6 +12,7 @@
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
 //! - [`notify`]: systemd readiness and status.
+//! - [`logging`]: simple_logger on stderr, guarded against a log reader that went away.
 //! - [`sys`]: the only `unsafe`: rlimits, `FIONREAD`, affinity, inherited sockets.
 //! - [`error`]: [`Error`] for start-up and loop-fatal failures, with exit codes.
 //! - [`load`]: the load generator's library half.
@@ -38,6 +39,7 @@ pub mod connection;
 pub mod drain;
 pub mod error;
 pub mod load;
+pub mod logging;
 pub mod notify;
 pub mod server;
 pub mod shutdown;

@@ -234,3 +234,31 @@ pub fn inherited_listeners() -> Result<Option<Vec<std::net::TcpListener>>, Strin
     }
     Ok(Some(listeners))
 }
+
+/// True when stderr is a pipe or socket whose reader has gone (`poll`
+/// reports `POLLERR`/`POLLHUP`): the next write would fail with `EPIPE`.
+pub fn is_stderr_broken() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDERR_FILENO,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Points stderr at `/dev/null`, so later writes succeed and go nowhere.
+///
+/// # Errors
+///
+/// The OS error from `open` or `dup2`.
+pub fn silence_stderr() -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    // SAFETY: both descriptors are valid; dup2 replaces fd 2 atomically.
+    if unsafe { libc::dup2(null.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -256,3 +256,38 @@ fn sigusr1_logs_statistics_and_changes_nothing() {
         echod.stderr()
     );
 }
+
+#[test]
+fn a_log_reader_that_went_away_does_not_kill_the_server() {
+    // `echod 2>&1 | head -1`: once the reader exits, every log line would be
+    // a write to a broken pipe. Regression: the SIGUSR1 line used to abort echod.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echod"))
+        .args(["--listen", "127.0.0.1:0", "--drain-timeout", "30"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn echod");
+    let stderr = child.stderr.take().expect("piped");
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut first).unwrap();
+    // The reader (and the pipe's only read end) is gone now.
+    let addr: std::net::SocketAddr = first
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let pid = child.id() as i32;
+    let mut client = connect(addr);
+    assert_eq!(round_trip(&mut client, b"one"), b"one");
+    // SAFETY: kill(2) on our child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    assert_eq!(round_trip(&mut client, b"two"), b"two", "still serving");
+    // SAFETY: kill(2) on our child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(read_to_eof(&mut client), b"SHUTDOWN");
+    drop(client);
+    let status = wait_child(&mut child, LIMIT);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

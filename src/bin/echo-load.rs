@@ -95,11 +95,11 @@ enum Command {
 fn main() -> ExitCode {
     let (config, json) = match parse_args() {
         Ok(Command::Help) => {
-            print!("{HELP}");
+            out(HELP);
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            println!("echo-load {}", env!("CARGO_PKG_VERSION"));
+            out(&format!("echo-load {}\n", env!("CARGO_PKG_VERSION")));
             return ExitCode::SUCCESS;
         }
         Ok(Command::Run { config, json }) => (config, json),
@@ -108,13 +108,12 @@ fn main() -> ExitCode {
     match run(&config) {
         Ok(report) => {
             if json {
-                println!("{}", report.to_json());
+                out(&format!("{}\n", report.to_json()));
             } else {
-                println!(
-                    "echo-load: {} connections to {}",
+                out(&format!(
+                    "echo-load: {} connections to {}\n{report}\n",
                     config.connections, config.addr
-                );
-                println!("{report}");
+                ));
             }
             if report.is_clean() {
                 ExitCode::SUCCESS
@@ -127,17 +126,33 @@ fn main() -> ExitCode {
             reason,
         )),
         Err(err) => {
-            eprintln!("echo-load: {err}");
+            err_line(&format!("echo-load: {err}"));
             ExitCode::from(1)
         }
     }
 }
 
+/// Writes to stdout; a reader that went away (`echo-load | head -1`) is not
+/// worth a panic, and the exit status still tells the result.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+/// Writes one line to stderr, ignoring a stderr that went away.
+fn err_line(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
+
 fn usage_error(usage: &Usage) -> ExitCode {
-    eprintln!(
+    err_line(&format!(
         "echo-load: {}: {} (see echo-load --help)",
         usage.what, usage.why
-    );
+    ));
     ExitCode::from(2)
 }
 

@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use echod::{Command, Config, Error, Server, SignalWatcher};
-use log::{LevelFilter, info};
+use log::info;
 
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("echod: {err}");
+            // A stderr that went away is no reason to panic on the way out.
+            let _ = writeln!(std::io::stderr().lock(), "echod: {err}");
             err.exit_code().into()
         }
     }
@@ -56,14 +57,8 @@ fn print_and_exit(text: &str) -> ExitCode {
 }
 
 fn init_logger(config: &Config) {
-    let logger = simple_logger::SimpleLogger::new().with_level(LevelFilter::Info);
-    let logger = match config.log_level {
-        Some(level) => logger.with_level(level),
-        // RUST_LOG, when set, overrides the default.
-        None => logger.env(),
-    };
     // Only fails if a logger is already installed, which cannot happen here.
-    let _ = logger.with_utc_timestamps().init();
+    let _ = echod::logging::init(config.log_level);
 }
 
 /// The pid file: written after binding, removed when dropped at exit.
