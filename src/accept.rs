@@ -116,7 +116,7 @@ impl Server {
     /// [`BACKOFF`]: the loop keeps serving, and it does not spin, because the
     /// edge-triggered listener does not report the waiting clients again.
     pub(crate) fn accept_ready(&mut self, index: usize) {
-        let running = self.life_is_running();
+        let running = self.life.is_running();
         if running && self.accept.is_backing_off() {
             return;
         }

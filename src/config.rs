@@ -7,14 +7,15 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use log::LevelFilter;
 
 /// The address echod listens on when no `--listen` is given.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:9999";
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9999));
 
 /// Everything the server needs to run.
 ///
@@ -53,7 +54,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 9999))],
+            listen: vec![DEFAULT_LISTEN],
             drain_timeout: Duration::from_secs(5),
             shutdown_message: b"SHUTDOWN".to_vec(),
             max_connections: 10_000,
@@ -354,7 +355,7 @@ mod tests {
     fn no_arguments_give_the_documented_defaults() {
         let config = run(&[]).unwrap();
         assert_eq!(config, Config::default());
-        assert_eq!(config.listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
+        assert_eq!(config.listen, vec!["127.0.0.1:9999".parse().unwrap()]);
         assert_eq!(config.max_pending, 262_144);
         assert_eq!(config.backlog, 1024);
         assert_eq!(config.drain_timeout, Duration::from_secs(5));

@@ -204,14 +204,6 @@ impl Lifecycle {
             _ => None,
         }
     }
-
-    /// Time left until the deadline, zero when past it or not draining.
-    pub fn remaining(&self, now: Instant) -> Duration {
-        match self.state {
-            State::Draining { deadline, .. } => deadline.saturating_duration_since(now),
-            _ => Duration::ZERO,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ pub struct Server {
     /// the limits, and the echoed-bytes counter.
     ctx: Ctx,
     /// Running -> Draining -> Stopped.
-    life: Lifecycle,
+    pub(crate) life: Lifecycle,
     /// Keys of connections closed during this batch, removed after it so a
     /// key is never reused while the batch may still name it.
     closing: Vec<usize>,
@@ -253,11 +253,7 @@ impl Server {
                     self.dispatch(event);
                 }
                 for key in rearmed {
-                    let ready = Readiness {
-                        readable: true,
-                        read_closed: false,
-                    };
-                    self.serve(key, ready);
+                    self.serve(key, Readiness::READABLE);
                 }
             }
             self.remove_closed();
@@ -367,10 +363,6 @@ impl Server {
         self.stats.accepted += 1;
         self.notifier.connections_changed();
         debug!("connection opened: peer={peer} token={key}");
-    }
-
-    pub(crate) fn life_is_running(&self) -> bool {
-        self.life.is_running()
     }
 
     fn remove_closed(&mut self) {
