@@ -176,12 +176,7 @@ fn third_signal_exits_even_when_the_loop_is_stuck() {
         .lines()
         .find(|l| l.contains("listening on"))
         .unwrap_or_default();
-    let addr: std::net::SocketAddr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let addr = parse_listening(line);
     // Each connection logs debug lines; open connections until the loop
     // stops answering (its stderr is full), bounded.
     let mut stuck = false;
@@ -272,12 +267,7 @@ fn a_log_reader_that_went_away_does_not_kill_the_server() {
     let mut first = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stderr), &mut first).unwrap();
     // The reader (and the pipe's only read end) is gone now.
-    let addr: std::net::SocketAddr = first
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let addr = parse_listening(&first);
     let pid = child.id() as i32;
     let mut client = connect(addr);
     assert_eq!(round_trip(&mut client, b"one"), b"one");

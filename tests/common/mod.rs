@@ -205,7 +205,9 @@ impl Drop for Echod {
     }
 }
 
-fn parse_listening(line: &str) -> SocketAddr {
+/// The address in a `listening on IP:PORT` line.
+#[track_caller]
+pub fn parse_listening(line: &str) -> SocketAddr {
     let rest = &line[line.find("listening on ").expect("pattern") + "listening on ".len()..];
     let addr = rest
         .split_whitespace()
