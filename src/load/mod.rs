@@ -34,7 +34,7 @@ use hdrhistogram::Histogram;
 pub use report::{Drain, Errors, Latency, Report};
 
 use payload::Pattern;
-use report::{Output, Progress};
+use report::{Meter, Output};
 
 /// When a run stops sending.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,6 +154,19 @@ impl LoadConfig {
         Pattern::new(&self.payload, &self.shutdown_message)
             .map_err(|reason| LoadError::InvalidConfig { field, reason })
     }
+}
+
+/// A progress sample, taken at each whole second of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Time since the load started.
+    pub elapsed: Duration,
+    /// Messages verified over the last second, warmup included.
+    pub messages: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Errors so far, every kind together.
+    pub errors: u64,
 }
 
 /// Why a run could not happen. Per-connection failures are not here: they
@@ -295,7 +308,8 @@ impl StartGate {
 /// Runs the load described by `config` and returns what it measured.
 ///
 /// Connection failures, mismatches and resets do not stop the run; they are
-/// counted in the report (see [`Report::is_clean`]).
+/// counted in the report (see [`Report::is_clean`]). With
+/// [`LoadConfig::progress`] set, prints one progress line a second on stderr.
 ///
 /// # Errors
 ///
@@ -306,6 +320,35 @@ impl StartGate {
 ///
 /// Raises the process's soft `RLIMIT_NOFILE` to its hard limit first.
 pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
+    run_with_progress(config, |p| {
+        if config.progress {
+            let line = format!(
+                "echo-load: {:>4.0}s {:>10} msgs/s {:>6} open {:>6} errors\n",
+                p.elapsed.as_secs_f64(),
+                p.messages,
+                p.open,
+                p.errors
+            );
+            // Progress is best effort; a closed stderr must not stop the run.
+            let _ = io::stderr().write_all(line.as_bytes());
+        }
+    })
+}
+
+/// [`run`], handing a [`Progress`] sample to `on_progress` at each whole
+/// second of the load, on the calling thread.
+///
+/// # Errors
+///
+/// As [`run`].
+///
+/// # Notes
+///
+/// As [`run`].
+pub fn run_with_progress(
+    config: &LoadConfig,
+    mut on_progress: impl FnMut(&Progress),
+) -> Result<Report, LoadError> {
     let pattern = config.pattern()?;
     if let Err(err) = crate::sys::raise_nofile_limit() {
         log::debug!("cannot raise the descriptor limit: {err}");
@@ -327,9 +370,9 @@ pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
     });
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::with_capacity(threads);
-    let mut progress = Vec::with_capacity(threads);
+    let mut meters = Vec::with_capacity(threads);
     for plan in plans(config, threads) {
-        let meter = Arc::new(Progress::default());
+        let meter = Arc::new(Meter::default());
         let (worker_shared, tx, worker_meter) =
             (Arc::clone(&shared), tx.clone(), Arc::clone(&meter));
         let spawned = thread::Builder::new()
@@ -342,7 +385,7 @@ pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         match spawned {
             Ok(handle) => {
                 handles.push(handle);
-                progress.push(meter);
+                meters.push(meter);
             }
             Err(err) => {
                 shared.gate.wait_for(handles.len());
@@ -356,7 +399,7 @@ pub fn run(config: &LoadConfig) -> Result<Report, LoadError> {
     let failed = shared.gate.wait_for(handles.len());
     let start = Instant::now();
     shared.gate.open((failed == 0).then_some(start));
-    let outputs = collect(&rx, config.progress.then_some(&progress[..]), start);
+    let outputs = collect(&rx, &meters, start, &mut on_progress);
     join_all(handles);
     let outputs = outputs?;
     let cpu_after = crate::sys::process_cpu_time();
@@ -393,42 +436,39 @@ fn plans(config: &LoadConfig, threads: usize) -> Vec<Plan> {
         .collect()
 }
 
-/// Gathers every worker's output, printing a progress line each second.
+/// Gathers every worker's output, sampling their meters each second.
 fn collect(
     rx: &mpsc::Receiver<Result<Output, LoadError>>,
-    progress: Option<&[Arc<Progress>]>,
+    meters: &[Arc<Meter>],
     start: Instant,
+    on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<Output>, LoadError> {
     let mut outputs = Vec::new();
     let mut first_error = None;
     let mut tick = start + Duration::from_secs(1);
-    let mut last_messages = 0;
+    // Each worker's message count at the last sample (it wraps: see Meter).
+    let mut last = vec![0u32; meters.len()];
     loop {
-        let result = match progress {
-            Some(_) => rx.recv_timeout(tick.saturating_duration_since(Instant::now())),
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-        };
-        match result {
+        match rx.recv_timeout(tick.saturating_duration_since(Instant::now())) {
             Ok(Ok(output)) => outputs.push(output),
             Ok(Err(err)) => {
                 first_error.get_or_insert(err);
             }
             Err(RecvTimeoutError::Timeout) => {
-                let meters = progress.unwrap_or_default();
-                let (messages, open, errors) = meters.iter().fold((0, 0, 0), |acc, m| {
-                    let (a, b, c) = m.read();
-                    (acc.0 + a, acc.1 + b, acc.2 + c)
-                });
-                let line = format!(
-                    "echo-load: {:>4.0}s {:>10} msgs/s {:>6} open {:>6} errors\n",
-                    start.elapsed().as_secs_f64(),
-                    messages - last_messages.min(messages),
-                    open,
-                    errors
-                );
-                // Progress is best effort; a closed stderr must not stop the run.
-                let _ = io::stderr().write_all(line.as_bytes());
-                last_messages = messages;
+                let mut sample = Progress {
+                    elapsed: tick.saturating_duration_since(start),
+                    messages: 0,
+                    open: 0,
+                    errors: 0,
+                };
+                for (meter, last) in meters.iter().zip(&mut last) {
+                    let (messages, open, errors) = meter.read();
+                    sample.messages += u64::from(messages.wrapping_sub(*last));
+                    sample.open += u64::from(open);
+                    sample.errors += u64::from(errors);
+                    *last = messages;
+                }
+                on_progress(&sample);
                 tick += Duration::from_secs(1);
             }
             Err(RecvTimeoutError::Disconnected) => break,

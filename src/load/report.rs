@@ -9,7 +9,7 @@
 
 use std::fmt::{self, Write as _};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -17,20 +17,34 @@ use hdrhistogram::Histogram;
 /// Largest latency recorded, in microseconds (one hour); longer ones saturate.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
-/// Live counters the main thread reads for the progress line.
+/// Live counters one worker publishes and the main thread samples once a
+/// second for [`Progress`](super::Progress).
+///
+/// 32-bit atomics, so echo-load builds for targets without 64-bit ones:
+/// the message counter wraps, and readers only ever take differences of it
+/// (a second would need four billion messages to wrap twice).
 #[derive(Debug, Default)]
-pub(crate) struct Progress {
-    /// Messages verified so far, warmup included.
-    pub(crate) messages: AtomicU64,
+pub(crate) struct Meter {
+    /// Messages verified so far, warmup included, modulo 2^32.
+    messages: AtomicU32,
     /// Connections open now.
-    pub(crate) open: AtomicU64,
-    /// Errors so far.
-    pub(crate) errors: AtomicU64,
+    open: AtomicU32,
+    /// Errors so far (at most one per connection, so no wrap in practice).
+    errors: AtomicU32,
 }
 
-impl Progress {
-    /// Messages verified, connections open, errors so far.
-    pub(crate) fn read(&self) -> (u64, u64, u64) {
+impl Meter {
+    /// Stores a worker's counters.
+    pub(crate) fn publish(&self, messages: u64, open: usize, errors: u64) {
+        // Truncation wraps the count on purpose (see the type's doc).
+        self.messages.store(messages as u32, Ordering::Relaxed);
+        let saturate = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        self.open.store(saturate(open as u64), Ordering::Relaxed);
+        self.errors.store(saturate(errors), Ordering::Relaxed);
+    }
+
+    /// Messages verified (modulo 2^32), connections open, errors so far.
+    pub(crate) fn read(&self) -> (u32, u32, u32) {
         (
             self.messages.load(Ordering::Relaxed),
             self.open.load(Ordering::Relaxed),

@@ -13,7 +13,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
@@ -22,7 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::payload::{Ending, Verifier};
-use super::report::{Failure, Output, Progress, classify};
+use super::report::{Failure, Meter, Output, classify};
 use super::{LoadError, Plan, Shared};
 
 /// Connects in flight per worker: enough to open thousands of connections
@@ -84,7 +83,7 @@ impl Conn {
 struct Worker<'a> {
     shared: &'a Shared,
     plan: &'a Plan,
-    progress: &'a Progress,
+    meter: &'a Meter,
     poll: Poll,
     conns: Slab<Conn>,
     /// Reused for every read.
@@ -122,8 +121,8 @@ struct Worker<'a> {
 ///
 /// Fails when the thread cannot be pinned or its poll cannot be created or
 /// used; per-connection failures are counted in the output instead.
-pub(crate) fn run(shared: &Shared, plan: &Plan, progress: &Progress) -> Result<Output, LoadError> {
-    let prepared = prepare(shared, plan, progress);
+pub(crate) fn run(shared: &Shared, plan: &Plan, meter: &Meter) -> Result<Output, LoadError> {
+    let prepared = prepare(shared, plan, meter);
     let start = shared.gate.arrive(prepared.is_ok());
     let mut worker = prepared?;
     match start {
@@ -137,7 +136,7 @@ pub(crate) fn run(shared: &Shared, plan: &Plan, progress: &Progress) -> Result<O
 fn prepare<'a>(
     shared: &'a Shared,
     plan: &'a Plan,
-    progress: &'a Progress,
+    meter: &'a Meter,
 ) -> Result<Worker<'a>, LoadError> {
     if let Some(cpu) = plan.cpu {
         crate::sys::pin_current_thread(cpu).map_err(|source| LoadError::Pin { cpu, source })?;
@@ -146,7 +145,7 @@ fn prepare<'a>(
     let mut worker = Worker {
         shared,
         plan,
-        progress,
+        meter,
         poll: Poll::new().map_err(LoadError::Poll)?,
         conns: Slab::with_capacity(plan.connections),
         buf: vec![0; READ_BUFFER],
@@ -660,14 +659,12 @@ impl Worker<'_> {
         self.publish();
     }
 
-    /// Publishes the live counters for the progress line.
+    /// Publishes the live counters for the progress samples.
     fn publish(&self) {
-        let p = self.progress;
-        p.messages.store(
+        self.meter.publish(
             self.out.messages + self.out.warmup_messages,
-            Ordering::Relaxed,
+            self.conns.len(),
+            self.out.errors.total(),
         );
-        p.open.store(self.conns.len() as u64, Ordering::Relaxed);
-        p.errors.store(self.out.errors.total(), Ordering::Relaxed);
     }
 }
