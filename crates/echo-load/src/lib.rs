@@ -1,24 +1,29 @@
-//! echo-load's library half: drive an echo server with many connections,
-//! verify every echoed byte and measure throughput, latency and drains.
+//! echo-load: drive an echo server with many connections, verify every
+//! echoed byte and measure throughput, latency and drains.
 //!
-//! This module owns the configuration ([`LoadConfig`]), the run ([`run`]):
-//! splitting connections and messages over worker threads, starting them
-//! together, printing progress and merging their results into a [`Report`].
-//! Each worker (`worker.rs`) owns its own `mio::Poll` and connections;
-//! `payload.rs` owns the bytes sent and their verification; `report.rs` the
-//! summary. Implements SPEC "The load generator".
+//! The library is what the `echo-load` binary runs, and what echod's bench
+//! and tests drive echod with. This file owns the configuration
+//! ([`LoadConfig`]) and the run ([`run`]): splitting connections and
+//! messages over worker threads, starting them together, sampling progress
+//! and merging their results into a [`Report`]. Each worker (`worker.rs`)
+//! owns its own `mio::Poll` and connections; `payload.rs` owns the bytes
+//! sent and their verification; `report.rs` the summary and the JSON;
+//! `sys.rs` the few system calls. Implements docs/protocol.md "The load
+//! generator".
 //!
 //! ```no_run
-//! use echod::load::{LoadConfig, Stop, run};
+//! use echo_load::{LoadConfig, Stop, run};
 //!
 //! let config = LoadConfig { stop: Stop::Messages(10_000), ..LoadConfig::default() };
 //! let report = run(&config)?;
 //! println!("{report}");
-//! # Ok::<(), echod::load::LoadError>(())
+//! # Ok::<(), echo_load::LoadError>(())
 //! ```
+#![deny(missing_docs)]
 
 mod payload;
 mod report;
+mod sys;
 mod worker;
 
 use std::fmt;

@@ -3,9 +3,10 @@
 //!
 //! Owns the [`Report`] type and everything derived from it (percentiles,
 //! rates, exit verdict). It does not measure anything itself; the workers
-//! do (SPEC "The load generator": throughput, latency percentiles, errors,
-//! connections that received the notice and end-of-stream; a summary, or
-//! JSON with `--json`). The JSON is written by hand to avoid a dependency.
+//! do (docs/protocol.md "The load generator": throughput, latency
+//! percentiles, errors, connections that received the notice and
+//! end-of-stream; a summary, or JSON with `--json`). The JSON is written by
+//! hand to avoid a dependency.
 
 use std::fmt::{self, Write as _};
 use std::io;
@@ -18,7 +19,7 @@ use hdrhistogram::Histogram;
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// Live counters one worker publishes and the main thread samples once a
-/// second for [`Progress`](super::Progress).
+/// second for [`Progress`](crate::Progress).
 ///
 /// 32-bit atomics, so echo-load builds for targets without 64-bit ones:
 /// the message counter wraps, and readers only ever take differences of it

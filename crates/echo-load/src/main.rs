@@ -1,7 +1,7 @@
 //! `echo-load`: argv -> LoadConfig -> run -> print -> ExitCode.
 //!
-//! Only parses the command line, runs [`echod::load::run`] and maps the
-//! report to an exit status (SPEC "The load generator"): 0 when every byte
+//! Only parses the command line, runs [`echo_load::run`] and maps the
+//! report to an exit status (docs/protocol.md "The load generator"): 0 when every byte
 //! was verified and nothing went wrong, 1 when data was wrong or lost or the
 //! run could not happen, 2 on a usage error.
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lexopt::ValueExt as _;
 
-use echod::load::{LoadConfig, LoadError, Payload, Stop, run};
+use echo_load::{LoadConfig, LoadError, Payload, Stop, run};
 
 const HELP: &str = "\
 echo-load: drive an echo server with many connections, verify every echoed

@@ -2,16 +2,17 @@
 //! written here on real loopback sockets, each with one known behaviour
 //! (correct echo, a flipped byte, a cut stream, a simulated drain).
 //!
-//! Helpers live in this file on purpose: they are specific to the load
-//! generator. Tests wait for events (child exit, accept, EOF); the only
-//! time limits are generous safety nets against hangs.
+//! Nothing here needs echod: the tests that drive the real echod with the
+//! echo-load library are echod's (`tests/echo_load.rs` at the repository
+//! root). Tests wait for events (child exit, accept, EOF); the only time
+//! limits are generous safety nets against hangs.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Safety net for one echo-load run; runs take well under a second.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -422,152 +423,4 @@ fn help_and_version_exit_0() {
     let version = echo_load(&["--version"]);
     assert_exit(&version, 0);
     assert!(stdout(&version).starts_with("echo-load "));
-}
-
-/// A child process whose stderr lines arrive on a channel (so it never
-/// blocks on a full pipe), killed and reaped on drop.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Proc {
-    #[track_caller]
-    fn spawn(program: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a stderr line that satisfies `wanted` and returns it.
-    #[track_caller]
-    fn wait_for_line(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + RUN_LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if wanted(&line) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no line showing {what}; stderr so far:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Waits for exit and returns the status code and stdout.
-    #[track_caller]
-    fn wait_exit(&mut self, what: &str) -> (Option<i32>, String) {
-        let deadline = Instant::now() + RUN_LIMIT;
-        // The stderr channel closes when the child exits and its pipe ends;
-        // the exit status follows at once, so `wait` then cannot hang.
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => self.seen.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    panic!("{what} did not exit; stderr:\n{}", self.seen.join("\n"))
-                }
-            }
-        }
-        let status = self.child.wait().expect("wait for the child");
-        let mut out = String::new();
-        if let Some(mut stdout) = self.child.stdout.take() {
-            stdout.read_to_string(&mut out).expect("read stdout");
-        }
-        (status.code(), out)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn sighup_to_echod_mid_run_is_a_clean_drain_on_every_connection() {
-    let mut echod = Proc::spawn(
-        env!("CARGO_BIN_EXE_echod"),
-        &["--listen", "127.0.0.1:0", "--drain-timeout", "2"],
-    );
-    let line = echod.wait_for_line("echod listening", |l| l.contains("listening on 127.0.0.1:"));
-    let addr = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    let mut load = Proc::spawn(
-        env!("CARGO_BIN_EXE_echo-load"),
-        &[
-            "-c",
-            "20",
-            "-p",
-            "2",
-            "-d",
-            "120",
-            "--progress",
-            "--json",
-            &addr,
-        ],
-    );
-    // A progress line with a non-zero rate: every connection is open and
-    // traffic is flowing, so the drain lands mid-run.
-    load.wait_for_line("echo-load traffic", |l| {
-        l.split_whitespace()
-            .take_while(|w| *w != "msgs/s")
-            .last()
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|n| n > 0)
-    });
-    let pid = i32::try_from(echod.child.id()).expect("pid fits in pid_t");
-    // SAFETY: kill(2) takes plain integers; the pid is our live child's.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGHUP) },
-        0,
-        "send SIGHUP to echod"
-    );
-    let (code, json) = load.wait_exit("echo-load after the drain");
-    assert_eq!(
-        code,
-        Some(0),
-        "echo-load: {json}\nstderr:\n{}",
-        load.seen.join("\n")
-    );
-    assert_eq!(json_u64(&json, "notices"), 20, "{json}");
-    assert_eq!(json_u64(&json, "connections_opened"), 20, "{json}");
-    assert_eq!(json_u64(&json, "total"), 0, "{json}");
-    assert!(json_u64(&json, "messages") > 0, "{json}");
-    let (code, _) = echod.wait_exit("echod after its drain");
-    assert_eq!(code, Some(0), "echod stderr:\n{}", echod.seen.join("\n"));
 }

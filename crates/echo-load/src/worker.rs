@@ -4,8 +4,9 @@
 //! Owns connecting (non-blocking, a bounded number in flight), sending
 //! (closed loop, or open loop at a fixed rate), reading and handing the bytes
 //! to the [`Verifier`], latency measurement and classification of failures.
-//! It does not decide how work is split or report anything itself: `mod.rs`
-//! gives it a [`Plan`] and merges its [`Output`] (SPEC "The load generator").
+//! It does not decide how work is split or report anything itself: `lib.rs`
+//! gives it a [`Plan`] and merges its [`Output`] (docs/protocol.md "The load
+//! generator").
 //!
 //! The hot path allocates nothing: one `write` per batch of pipelined
 //! messages straight from the shared pattern, reads into one buffer per
@@ -20,9 +21,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::payload::{Ending, Verifier};
-use super::report::{Failure, Meter, Output, classify};
-use super::{LoadError, Plan, Shared};
+use crate::payload::{Ending, Verifier};
+use crate::report::{Failure, Meter, Output, classify};
+use crate::{LoadError, Plan, Shared};
 
 /// Connects in flight per worker: enough to open thousands of connections
 /// quickly, few enough not to overflow the server's accept backlog (a
@@ -525,8 +526,8 @@ impl Worker<'_> {
         };
         match conn.verifier.ending(&self.shared.notice) {
             Ending::Notice => {
-                // SPEC Draining 3: bytes sent after the drain began may be
-                // discarded, so their missing echo is not an error.
+                // docs/protocol.md "Draining" 3: bytes sent after the drain
+                // began may be discarded, so their missing echo is no error.
                 self.out.drain.notices += 1;
                 self.out.drain.unanswered += conn.started - conn.completed;
                 self.mark_closing(key, now);
