@@ -14,6 +14,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use serde_json::Value;
+
 /// Safety net for one echo-load run; runs take well under a second.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -155,21 +157,19 @@ fn assert_exit(out: &Output, code: i32) {
     );
 }
 
-/// The number after `"key":` in a one-line JSON object (keys are unique).
+/// The one JSON object echo-load printed on stdout, parsed.
 #[track_caller]
-fn json_u64(json: &str, key: &str) -> u64 {
-    let pattern = format!("\"{key}\":");
-    let start = json
-        .find(&pattern)
-        .unwrap_or_else(|| panic!("no {key} in {json}"))
-        + pattern.len();
-    let digits: String = json[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits
-        .parse()
-        .unwrap_or_else(|_| panic!("{key} is not a whole number in {json}"))
+fn json(out: &Output) -> Value {
+    let text = stdout(out);
+    assert_eq!(text.trim_end().lines().count(), 1, "not one line: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("invalid JSON ({e}): {text}"))
+}
+
+/// A count field: a whole number.
+#[track_caller]
+fn count(v: &Value) -> u64 {
+    v.as_u64()
+        .unwrap_or_else(|| panic!("not a whole number: {v}"))
 }
 
 #[test]
@@ -177,13 +177,13 @@ fn message_count_is_exact_and_clean() {
     let addr = start_server(echo).to_string();
     let out = echo_load(&["-c", "4", "-n", "1000", "--json", &addr]);
     assert_exit(&out, 0);
-    let json = stdout(&out);
-    assert_eq!(json_u64(&json, "messages"), 1000, "{json}");
-    assert_eq!(json_u64(&json, "bytes"), 64_000, "{json}");
-    assert_eq!(json_u64(&json, "samples"), 1000, "{json}");
-    assert_eq!(json_u64(&json, "connections_opened"), 4, "{json}");
-    assert_eq!(json_u64(&json, "total"), 0, "{json}");
-    assert!(json.contains("\"clean\":true"), "{json}");
+    let v = json(&out);
+    assert_eq!(v["messages"], 1000, "{v}");
+    assert_eq!(v["bytes"], 64_000, "{v}");
+    assert_eq!(v["latency_us"]["samples"], 1000, "{v}");
+    assert_eq!(v["connections_opened"], 4, "{v}");
+    assert_eq!(v["errors"]["total"], 0, "{v}");
+    assert_eq!(v["clean"], true, "{v}");
 }
 
 #[test]
@@ -204,9 +204,9 @@ fn pipelined_literal_messages_over_threads_are_all_verified() {
         &addr,
     ]);
     assert_exit(&out, 0);
-    let json = stdout(&out);
-    assert_eq!(json_u64(&json, "messages"), 2001, "{json}");
-    assert_eq!(json_u64(&json, "bytes"), 2001 * 11, "{json}");
+    let v = json(&out);
+    assert_eq!(v["messages"], 2001, "{v}");
+    assert_eq!(v["bytes"], 2001 * 11, "{v}");
 }
 
 #[test]
@@ -216,7 +216,7 @@ fn large_messages_are_verified_across_many_reads() {
         "-c", "2", "-p", "2", "-s", "300000", "-n", "20", "--json", &addr,
     ]);
     assert_exit(&out, 0);
-    assert_eq!(json_u64(&stdout(&out), "messages"), 20);
+    assert_eq!(json(&out)["messages"], 20);
 }
 
 #[test]
@@ -224,7 +224,7 @@ fn open_loop_rate_sends_the_requested_messages() {
     let addr = start_server(echo).to_string();
     let out = echo_load(&["-c", "3", "-r", "2000", "-n", "300", "--json", &addr]);
     assert_exit(&out, 0);
-    assert_eq!(json_u64(&stdout(&out), "messages"), 300);
+    assert_eq!(json(&out)["messages"], 300);
 }
 
 #[test]
@@ -232,9 +232,9 @@ fn duration_run_ends_clean_with_every_echo_verified() {
     let addr = start_server(echo).to_string();
     let out = echo_load(&["-c", "3", "-d", "0.3", "--warmup", "0.1", "--json", &addr]);
     assert_exit(&out, 0);
-    let json = stdout(&out);
-    assert!(json_u64(&json, "messages") > 0, "{json}");
-    assert!(json_u64(&json, "warmup_messages") > 0, "{json}");
+    let v = json(&out);
+    assert!(count(&v["messages"]) > 0, "{v}");
+    assert!(count(&v["warmup_messages"]) > 0, "{v}");
 }
 
 #[test]
@@ -242,9 +242,9 @@ fn flipped_byte_is_counted_as_mismatch_and_exits_1() {
     let addr = start_server(flip_one_byte).to_string();
     let out = echo_load(&["-c", "2", "-n", "1000", "--json", &addr]);
     assert_exit(&out, 1);
-    let json = stdout(&out);
-    assert_eq!(json_u64(&json, "mismatch"), 2, "{json}");
-    assert!(json.contains("\"clean\":false"), "{json}");
+    let v = json(&out);
+    assert_eq!(v["errors"]["mismatch"], 2, "{v}");
+    assert_eq!(v["clean"], false, "{v}");
 }
 
 #[test]
@@ -252,10 +252,10 @@ fn stream_cut_without_notice_is_unexpected_eof_and_exits_1() {
     let addr = start_server(cut_mid_stream).to_string();
     let out = echo_load(&["-c", "3", "-n", "1000000", "-p", "2", "--json", &addr]);
     assert_exit(&out, 1);
-    let json = stdout(&out);
-    assert_eq!(json_u64(&json, "unexpected_eof"), 3, "{json}");
-    assert_eq!(json_u64(&json, "cut_without_notice"), 3, "{json}");
-    assert_eq!(json_u64(&json, "notices"), 0, "{json}");
+    let v = json(&out);
+    assert_eq!(v["errors"]["unexpected_eof"], 3, "{v}");
+    assert_eq!(v["drain"]["cut_without_notice"], 3, "{v}");
+    assert_eq!(v["drain"]["notices"], 0, "{v}");
 }
 
 #[test]
@@ -275,9 +275,9 @@ fn a_server_that_never_echoes_ends_the_run_with_timeouts() {
     ];
     let out = echo_load(&args);
     assert_exit(&out, 1);
-    let json = stdout(&out);
-    assert_eq!(json_u64(&json, "timeout"), 2, "{json}");
-    assert_eq!(json_u64(&json, "messages"), 0, "{json}");
+    let v = json(&out);
+    assert_eq!(v["errors"]["timeout"], 2, "{v}");
+    assert_eq!(v["messages"], 0, "{v}");
 }
 
 #[test]
@@ -285,12 +285,12 @@ fn notice_then_end_of_stream_counts_as_drained_and_exits_0() {
     let addr = start_server(drain_after_300_bytes).to_string();
     let out = echo_load(&["-c", "4", "-n", "1000000", "-p", "3", "--json", &addr]);
     assert_exit(&out, 0);
-    let json = stdout(&out);
-    assert_eq!(json_u64(&json, "notices"), 4, "{json}");
-    assert_eq!(json_u64(&json, "total"), 0, "{json}");
+    let v = json(&out);
+    assert_eq!(v["drain"]["notices"], 4, "{v}");
+    assert_eq!(v["errors"]["total"], 0, "{v}");
     // 300 echoed bytes hold 4 whole 64-byte messages per connection.
-    assert_eq!(json_u64(&json, "messages"), 16, "{json}");
-    assert!(!json.contains("\"fanout_secs\":null"), "{json}");
+    assert_eq!(v["messages"], 16, "{v}");
+    assert!(v["drain"]["fanout_secs"].is_f64(), "{v}");
 }
 
 #[test]
@@ -302,19 +302,36 @@ fn refused_connections_are_counted_not_fatal() {
         .to_string();
     let out = echo_load(&["-c", "3", "-n", "10", "--json", &addr]);
     assert_exit(&out, 1);
-    let json = stdout(&out);
-    assert_eq!(json_u64(&json, "refused"), 3, "{json}");
-    assert_eq!(json_u64(&json, "connections_failed"), 3, "{json}");
+    let v = json(&out);
+    assert_eq!(v["errors"]["refused"], 3, "{v}");
+    assert_eq!(v["connections_failed"], 3, "{v}");
+}
+
+/// The names of an object's fields, sorted.
+#[track_caller]
+fn keys(v: &Value) -> Vec<&str> {
+    let object = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
+    let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// `names`, sorted, for comparing with [`keys`].
+fn sorted<'a>(names: &[&'a str]) -> Vec<&'a str> {
+    let mut names = names.to_vec();
+    names.sort_unstable();
+    names
 }
 
 #[test]
-fn json_holds_every_documented_field() {
+fn json_holds_every_documented_field_and_no_other() {
     let addr = start_server(echo).to_string();
     let out = echo_load(&["-c", "1", "-n", "10", "--json", &addr]);
     assert_exit(&out, 0);
-    let json = stdout(&out);
-    assert_eq!(json.trim().lines().count(), 1, "{json}");
-    for key in [
+    let v = json(&out);
+    let top = [
         "clean",
         "elapsed_secs",
         "messages",
@@ -323,14 +340,18 @@ fn json_holds_every_documented_field() {
         "msgs_per_sec",
         "mib_per_sec",
         "latency_us",
-        "min",
-        "p50",
-        "p90",
-        "p99",
-        "p999",
-        "max",
-        "samples",
         "errors",
+        "connections_opened",
+        "connections_failed",
+        "drain",
+        "cpu_user_secs",
+        "cpu_sys_secs",
+        "cpu_percent",
+    ];
+    assert_eq!(keys(&v), sorted(&top), "{v}");
+    let latency = ["min", "p50", "p90", "p99", "p999", "max", "samples"];
+    assert_eq!(keys(&v["latency_us"]), sorted(&latency), "{v}");
+    let errors = [
         "total",
         "mismatch",
         "reset",
@@ -339,9 +360,9 @@ fn json_holds_every_documented_field() {
         "emfile",
         "other",
         "unexpected_eof",
-        "connections_opened",
-        "connections_failed",
-        "drain",
+    ];
+    assert_eq!(keys(&v["errors"]), sorted(&errors), "{v}");
+    let drain = [
         "notices",
         "cut_without_notice",
         "unanswered",
@@ -349,12 +370,17 @@ fn json_holds_every_documented_field() {
         "last_notice_secs",
         "last_close_secs",
         "fanout_secs",
-        "cpu_user_secs",
-        "cpu_sys_secs",
-        "cpu_percent",
-    ] {
-        assert!(json.contains(&format!("\"{key}\":")), "no {key} in {json}");
-    }
+    ];
+    assert_eq!(keys(&v["drain"]), sorted(&drain), "{v}");
+    // Types as documented: counts are whole numbers, times are numbers,
+    // instants that never happened are null.
+    assert_eq!(v["clean"], true, "{v}");
+    assert_eq!(v["messages"], 10, "{v}");
+    assert_eq!(v["latency_us"]["samples"], 10, "{v}");
+    assert!(v["elapsed_secs"].is_f64(), "{v}");
+    assert!(v["cpu_percent"].is_f64(), "{v}");
+    assert!(v["drain"]["fanout_secs"].is_null(), "{v}");
+    assert!(v["drain"]["last_close_secs"].is_f64(), "{v}");
 }
 
 #[test]
