@@ -80,7 +80,8 @@ pub struct LoadConfig {
     /// latency is then counted from each message's scheduled send time.
     /// `None` is closed-loop: each connection sends as echoes return.
     pub rate: Option<f64>,
-    /// Longest wait for a connect, and for in-flight echoes at the end.
+    /// Longest wait for a connect; also how long nothing may move while an
+    /// echo or an end-of-stream is awaited before the run ends with timeouts.
     pub connect_timeout: Duration,
     /// Time at the start whose messages are verified but not measured.
     pub warmup: Duration,
@@ -227,7 +228,7 @@ pub(crate) struct Shared {
     pub notice: Vec<u8>,
     /// Messages in flight per connection.
     pub pipeline: usize,
-    /// Connect timeout, also the final wait for in-flight echoes.
+    /// Connect timeout; also how long nothing may move while anything is awaited.
     pub connect_timeout: Duration,
     /// Unmeasured time at the start.
     pub warmup: Duration,

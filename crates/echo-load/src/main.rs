@@ -34,9 +34,9 @@ Options:
   -r, --rate R              open loop: R messages/s in total; latency is then
                             counted from each message's scheduled send time
   -t, --threads N           worker threads [default: number of CPUs]
-      --connect-timeout SECS  connect timeout; also the final wait for echoes, and how
-                              long a server may echo nothing with messages in flight
-                              before the run ends with timeouts [default: 5]
+      --connect-timeout SECS  connect timeout; also how long nothing may move (no
+                              byte sent or received) while an echo or an end-of-stream
+                              is awaited before the run ends with timeouts [default: 5]
       --warmup SECS         verify but do not measure the first SECS seconds [default: 0]
       --pin CPU,CPU..       pin worker i to the i-th CPU of the list (cycling)
       --shutdown-message TEXT  the notice a draining server sends [default: SHUTDOWN]

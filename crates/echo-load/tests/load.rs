@@ -113,6 +113,43 @@ fn drain_after_300_bytes(mut conn: TcpStream) -> io::Result<()> {
     discard_until_eof(conn)
 }
 
+/// Echoes every byte, slowly but steadily: 100 bytes every 25 ms.
+fn echo_slowly(mut conn: TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        for chunk in buf[..n].chunks(100) {
+            conn.write_all(chunk)?;
+            // The server's pace, not a wait for anything.
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// A drain that never ends: echoes 300 bytes and the notice, then keeps
+/// the connection open, reading and discarding, until the client closes.
+fn notice_without_end_of_stream(mut conn: TcpStream) -> io::Result<()> {
+    let mut last = echo_prefix(&mut conn, 300)?;
+    last.extend_from_slice(b"SHUTDOWN");
+    conn.write_all(&last)?;
+    discard_until_eof(conn)
+}
+
+/// A drain that ends much later: echoes 300 bytes and the notice, and ends
+/// the stream only 5 s later, ten times the clients' --connect-timeout.
+fn notice_then_end_of_stream_much_later(mut conn: TcpStream) -> io::Result<()> {
+    let mut last = echo_prefix(&mut conn, 300)?;
+    last.extend_from_slice(b"SHUTDOWN");
+    conn.write_all(&last)?;
+    // The server's behaviour under test, not a wait for anything.
+    thread::sleep(Duration::from_secs(5));
+    conn.shutdown(Shutdown::Write)?;
+    discard_until_eof(conn)
+}
+
 /// Runs echo-load with `args` and waits for it to exit.
 #[track_caller]
 fn echo_load(args: &[&str]) -> Output {
@@ -291,6 +328,82 @@ fn notice_then_end_of_stream_counts_as_drained_and_exits_0() {
     // 300 echoed bytes hold 4 whole 64-byte messages per connection.
     assert_eq!(v["messages"], 16, "{v}");
     assert!(v["drain"]["fanout_secs"].is_f64(), "{v}");
+}
+
+#[test]
+fn count_run_ends_clean_against_a_slow_but_steady_server() {
+    // Issue #8: -n started its final wait when the last message was queued,
+    // so a server that answered steadily but took longer than
+    // --connect-timeout in all was reported NOT CLEAN. Here all 10 messages
+    // (7,500 bytes) are queued at once and come back in about 1.9 s, twice
+    // the timeout, a little every 25 ms.
+    let addr = start_server(echo_slowly).to_string();
+    let args = [
+        "-c",
+        "1",
+        "-p",
+        "10",
+        "-n",
+        "10",
+        "-s",
+        "750",
+        "--connect-timeout",
+        "1",
+        "--json",
+        &addr,
+    ];
+    let out = echo_load(&args);
+    assert_exit(&out, 0);
+    let v = json(&out);
+    assert_eq!(v["messages"], 10, "{v}");
+    assert_eq!(v["errors"]["total"], 0, "{v}");
+}
+
+#[test]
+fn notice_without_end_of_stream_ends_the_run_unclean_after_the_timeout() {
+    // Issue #8: with -n, echo-load waited forever for a server that sent the
+    // notice and never closed; with -d it counted such a connection as
+    // drained. A notice without end-of-stream is not a drain: once nothing
+    // moves for --connect-timeout the run ends, and those connections count
+    // as timeouts.
+    let addr = start_server(notice_without_end_of_stream).to_string();
+    for stop in [["-n", "1000000"], ["-d", "0.2"]] {
+        let mut args = vec!["-c", "2", "-p", "3", "--connect-timeout", "0.5"];
+        args.extend(stop);
+        args.extend(["--json", &addr]);
+        let out = echo_load(&args);
+        assert_exit(&out, 1);
+        let v = json(&out);
+        assert_eq!(v["errors"]["timeout"], 2, "{stop:?}: {v}");
+        assert_eq!(v["drain"]["notices"], 0, "{stop:?}: {v}");
+        assert_eq!(v["clean"], false, "{stop:?}: {v}");
+    }
+}
+
+#[test]
+fn end_of_stream_long_after_the_notice_is_not_a_clean_drain() {
+    // Issue #8: a -n run waited for as long as the server took to close
+    // after its notice, then reported a clean drain. The run now ends,
+    // unclean, --connect-timeout (0.5 s) after the notice, well before the
+    // server's end-of-stream 5 s later.
+    let addr = start_server(notice_then_end_of_stream_much_later).to_string();
+    let args = [
+        "-c",
+        "2",
+        "-p",
+        "3",
+        "-n",
+        "1000000",
+        "--connect-timeout",
+        "0.5",
+        "--json",
+        &addr,
+    ];
+    let out = echo_load(&args);
+    assert_exit(&out, 1);
+    let v = json(&out);
+    assert_eq!(v["errors"]["timeout"], 2, "{v}");
+    assert_eq!(v["drain"]["notices"], 0, "{v}");
 }
 
 #[test]
