@@ -41,6 +41,20 @@ pub use report::{Drain, Errors, Latency, Report};
 use payload::Pattern;
 use report::{Meter, Output};
 
+/// Longest `--duration`, `--warmup` and `--connect-timeout`, in seconds
+/// (about 31 years), and longest interval between two messages of a
+/// `--rate`: far inside what an `Instant` can add, so no deadline or
+/// schedule of a run can overflow the clock.
+pub const MAX_SECS: u64 = 1_000_000_000;
+
+/// Most connections one run opens. Each is a descriptor, and no system's
+/// descriptor limit reaches this far in practice.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// Most messages in flight over a whole run, `connections × pipeline`: the
+/// send time of each is kept, which is at most 256 MiB at this bound.
+pub const MAX_IN_FLIGHT: usize = 1 << 24;
+
 /// When a run stops sending.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Stop {
@@ -123,13 +137,22 @@ impl LoadConfig {
         self.pattern().map(|_| ())
     }
 
+    /// Checks every field (docs/protocol.md "The load generator":
+    /// out-of-range values are usage errors, never an abort), then builds
+    /// the payload pattern.
     fn pattern(&self) -> Result<Pattern, LoadError> {
         let invalid = |field: &'static str, reason: &str| LoadError::InvalidConfig {
             field,
             reason: reason.to_string(),
         };
+        let too_long = format!("too long: at most {MAX_SECS} seconds");
+        let max_secs = Duration::from_secs(MAX_SECS);
         if self.connections == 0 {
             return Err(invalid("connections", "must be at least 1"));
+        }
+        if self.connections > MAX_CONNECTIONS {
+            let reason = format!("too large: at most {MAX_CONNECTIONS}");
+            return Err(invalid("connections", &reason));
         }
         if self.threads == 0 {
             return Err(invalid("threads", "must be at least 1"));
@@ -137,18 +160,40 @@ impl LoadConfig {
         if self.pipeline == 0 {
             return Err(invalid("pipeline", "must be at least 1"));
         }
+        if self
+            .connections
+            .checked_mul(self.pipeline)
+            .is_none_or(|n| n > MAX_IN_FLIGHT)
+        {
+            let reason =
+                format!("too large: connections × pipeline must be at most {MAX_IN_FLIGHT}");
+            return Err(invalid("pipeline", &reason));
+        }
         match self.stop {
             Stop::Duration(d) if d.is_zero() => return Err(invalid("duration", "must be above 0")),
+            Stop::Duration(d) if d > max_secs => return Err(invalid("duration", &too_long)),
             Stop::Messages(0) => return Err(invalid("messages", "must be at least 1")),
             _ => {}
+        }
+        if self.warmup > max_secs {
+            return Err(invalid("warmup", &too_long));
         }
         if let Some(rate) = self.rate {
             if !(rate.is_finite() && rate > 0.0) {
                 return Err(invalid("rate", "must be a positive number"));
             }
+            // A message's due time is its index over the rate: the interval
+            // must stay inside MAX_SECS, or the schedule overflows the clock.
+            if rate < 1.0 / MAX_SECS as f64 {
+                let reason = format!("too small: at least one message every {MAX_SECS} seconds");
+                return Err(invalid("rate", &reason));
+            }
         }
         if self.connect_timeout.is_zero() {
             return Err(invalid("connect_timeout", "must be above 0"));
+        }
+        if self.connect_timeout > max_secs {
+            return Err(invalid("connect_timeout", &too_long));
         }
         if self.shutdown_message.is_empty() {
             return Err(invalid("shutdown_message", "must not be empty"));
@@ -540,5 +585,127 @@ fn add_histogram(into: &mut Histogram<u64>, from: &Histogram<u64>) {
     // Both histograms have the same bounds, so adding cannot fail.
     if let Err(err) = into.add(from) {
         log::warn!("cannot merge latency histograms: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The field a configuration is rejected for, or `None` when it passes.
+    fn rejected(config: &LoadConfig) -> Option<&'static str> {
+        match config.validate() {
+            Ok(()) => None,
+            Err(LoadError::InvalidConfig { field, .. }) => Some(field),
+            Err(other) => panic!("not a configuration error: {other}"),
+        }
+    }
+
+    #[test]
+    fn every_bound_is_inclusive_and_one_past_it_names_the_field() {
+        let secs = Duration::from_secs(MAX_SECS);
+        let past = secs + Duration::from_nanos(1);
+        let base = LoadConfig::default;
+        let cases: [(LoadConfig, LoadConfig, &str); 6] = [
+            (
+                LoadConfig {
+                    connections: MAX_CONNECTIONS,
+                    ..base()
+                },
+                LoadConfig {
+                    connections: MAX_CONNECTIONS + 1,
+                    ..base()
+                },
+                "connections",
+            ),
+            (
+                LoadConfig {
+                    connections: 1,
+                    pipeline: MAX_IN_FLIGHT,
+                    ..base()
+                },
+                LoadConfig {
+                    connections: 2,
+                    pipeline: MAX_IN_FLIGHT / 2 + 1,
+                    ..base()
+                },
+                "pipeline",
+            ),
+            (
+                LoadConfig {
+                    stop: Stop::Duration(secs),
+                    ..base()
+                },
+                LoadConfig {
+                    stop: Stop::Duration(past),
+                    ..base()
+                },
+                "duration",
+            ),
+            (
+                LoadConfig {
+                    warmup: secs,
+                    ..base()
+                },
+                LoadConfig {
+                    warmup: past,
+                    ..base()
+                },
+                "warmup",
+            ),
+            (
+                LoadConfig {
+                    connect_timeout: secs,
+                    ..base()
+                },
+                LoadConfig {
+                    connect_timeout: past,
+                    ..base()
+                },
+                "connect_timeout",
+            ),
+            (
+                LoadConfig {
+                    rate: Some(1.0 / MAX_SECS as f64),
+                    ..base()
+                },
+                LoadConfig {
+                    rate: Some(0.9 / MAX_SECS as f64),
+                    ..base()
+                },
+                "rate",
+            ),
+        ];
+        for (at, beyond, field) in cases {
+            assert_eq!(rejected(&at), None, "{field} at its bound");
+            assert_eq!(rejected(&beyond), Some(field), "{field} past its bound");
+        }
+    }
+
+    #[test]
+    fn products_and_extremes_that_overflow_are_rejected_not_wrapped() {
+        let base = LoadConfig::default;
+        let huge = LoadConfig {
+            pipeline: usize::MAX,
+            ..base()
+        };
+        assert_eq!(rejected(&huge), Some("pipeline"));
+        let huge = LoadConfig {
+            connections: usize::MAX,
+            ..base()
+        };
+        assert_eq!(rejected(&huge), Some("connections"));
+        for rate in [5e-324, 0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let config = LoadConfig {
+                rate: Some(rate),
+                ..base()
+            };
+            assert_eq!(rejected(&config), Some("rate"), "rate {rate}");
+        }
+        let config = LoadConfig {
+            stop: Stop::Duration(Duration::MAX),
+            ..base()
+        };
+        assert_eq!(rejected(&config), Some("duration"));
     }
 }

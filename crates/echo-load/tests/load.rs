@@ -527,7 +527,10 @@ fn assert_usage_error(args: &[&str], mentions: &str) {
         err.contains(mentions),
         "{err:?} does not mention {mentions}"
     );
-    assert!(err.contains("--help"), "{err:?} gives no hint");
+    assert!(
+        err.trim_end().ends_with("(see echo-load --help)"),
+        "{err:?} gives no hint"
+    );
     assert!(out.stdout.is_empty(), "usage error printed to stdout");
 }
 
@@ -552,6 +555,37 @@ fn zero_connections_and_conflicting_stops_are_usage_errors() {
     assert_usage_error(&["-c", "0"], "--connections");
     assert_usage_error(&["-d", "1", "-n", "5"], "--messages");
     assert_usage_error(&["-d", "-1"], "--duration");
+}
+
+#[test]
+fn out_of_range_values_are_usage_errors_not_aborts() {
+    // Issue #8: each of these aborted echo-load (exit 134: a panic on an
+    // Instant or Duration overflow, or an allocation that cannot succeed).
+    // A refused address, so that a value wrongly accepted ends the run fast.
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .to_string();
+    for (flag, value) in [
+        ("-d", "1e19"),
+        ("--warmup", "1e19"),
+        ("--connect-timeout", "1e19"),
+        ("-r", "1e-300"),
+        ("-r", "5e-324"),
+        ("-p", "18446744073709551615"),
+        ("-p", "1000000000000"),
+        ("-c", "18446744073709551615"),
+        ("-c", "100000000000"),
+    ] {
+        let long = match flag {
+            "-d" => "--duration",
+            "-r" => "--rate",
+            "-p" => "--pipeline",
+            "-c" => "--connections",
+            other => other,
+        };
+        assert_usage_error(&[flag, value, &refused], &format!("{long} \"{value}\""));
+    }
 }
 
 #[test]
