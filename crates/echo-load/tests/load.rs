@@ -360,6 +360,32 @@ fn count_run_ends_clean_against_a_slow_but_steady_server() {
 }
 
 #[test]
+fn open_loop_gaps_longer_than_the_timeout_are_not_a_stall() {
+    // Found with issue #8: the stall check looked only at echoes, so an
+    // open-loop message sent after a quiet gap longer than --connect-timeout
+    // ended the run at once with a timeout. Here a message every 0.5 s,
+    // with a 0.3 s timeout, against a correct echo.
+    let addr = start_server(echo).to_string();
+    let args = [
+        "-c",
+        "1",
+        "-r",
+        "2",
+        "-n",
+        "3",
+        "--connect-timeout",
+        "0.3",
+        "--json",
+        &addr,
+    ];
+    let out = echo_load(&args);
+    assert_exit(&out, 0);
+    let v = json(&out);
+    assert_eq!(v["messages"], 3, "{v}");
+    assert_eq!(v["errors"]["total"], 0, "{v}");
+}
+
+#[test]
 fn notice_without_end_of_stream_ends_the_run_unclean_after_the_timeout() {
     // Issue #8: with -n, echo-load waited forever for a server that sent the
     // notice and never closed; with -d it counted such a connection as
