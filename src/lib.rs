@@ -1,5 +1,6 @@
 //! echod: a single-threaded TCP echo service on one `mio::Poll` that stops
-//! gracefully, and `echo-load`, the load generator that measures it.
+//! gracefully. Its load generator, `echo-load`, is a package of its own
+//! (`crates/echo-load`).
 //!
 //! The contract is SPEC.md; this crate is laid out so that each concern has
 //! one file:
@@ -15,7 +16,6 @@
 //! - [`logging`]: simple_logger on stderr, guarded against a log reader that went away.
 //! - [`sys`]: the only `unsafe`: rlimits, `FIONREAD`, affinity, inherited sockets.
 //! - [`error`]: [`Error`] for start-up and loop-fatal failures, with exit codes.
-//! - [`load`]: the load generator's library half.
 //!
 //! Embedding: bind, learn the addresses, hand the handle to whoever decides
 //! when to stop, run on this thread.
@@ -38,7 +38,6 @@ pub mod config;
 pub mod connection;
 pub mod drain;
 pub mod error;
-pub mod load;
 pub mod logging;
 pub mod notify;
 pub mod server;

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use echod::load::{self, Stop};
+use echo_load::Stop;
 
 use crate::measure::{self, Drops, median, rss_bytes};
 use crate::results::{DrainResult, RssRow, StartupRow, VsBlocking};
@@ -218,7 +218,7 @@ fn drain_run(ctx: &Ctx, server: &Server, conns: usize) -> Result<DrainResult, St
     );
     config.rate = Some(2000.0);
     config.connect_timeout = Duration::from_secs(20);
-    let load = thread::spawn(move || load::run(&config));
+    let load = thread::spawn(move || echo_load::run(&config));
     // Wait until every connection is in, then let the load run a little.
     let seen = measure::wait_fds(running.pid, base_fds + conns, Duration::from_secs(40));
     thread::sleep(Duration::from_millis(if ctx.quick { 500 } else { 1500 }));
@@ -291,7 +291,7 @@ pub fn vs_blocking(ctx: &Ctx) -> Option<VsBlocking> {
             64,
             Stop::Duration(Duration::from_secs(secs)),
         );
-        match load::run(&config) {
+        match echo_load::run(&config) {
             Ok(r) => {
                 say!(
                     "  round {}: echo-load       {:>9.0} rt/s  (its cpu {:.0}% of a core)",

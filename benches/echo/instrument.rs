@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use echod::load::{self, Stop};
+use echo_load::Stop;
 
 use crate::results::{CallgrindRow, SyscallRow};
 use crate::scenarios::{Ctx, errors};
@@ -83,7 +83,7 @@ fn syscall_run(ctx: &Ctx, server: &Server, perf: bool, msgs: u64) -> Result<Sysc
     // Neither tool says when it is attached.
     thread::sleep(Duration::from_millis(500));
     let config = ctx.load(running.addr, 50, 64, Stop::Messages(msgs));
-    let report = load::run(&config);
+    let report = echo_load::run(&config);
     thread::sleep(Duration::from_millis(50));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(counter.id() as i32, libc::SIGINT) };
@@ -212,7 +212,7 @@ fn callgrind_run(ctx: &Ctx, server: &Server, dir: &Path, n: u64) -> Result<u64, 
     let mut running = servers::start(server, &launch)?;
     let mut config = ctx.load(running.addr, 1, 64, Stop::Messages(n));
     config.connect_timeout = Duration::from_secs(30);
-    let report = load::run(&config).map_err(|e| format!("echo-load: {e}"))?;
+    let report = echo_load::run(&config).map_err(|e| format!("echo-load: {e}"))?;
     if !report.is_clean() || report.messages + report.warmup_messages != n {
         return Err(format!(
             "load not clean: {} of {n} messages",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::Duration;
 
-use echod::load::{self, LoadConfig, Payload, Report, Stop};
+use echo_load::{LoadConfig, Payload, Report, Stop};
 
 use crate::measure::{CpuSampler, Drops};
 use crate::results::{LatencyRow, Run, Throughput, warning};
@@ -155,7 +155,7 @@ fn one_run(ctx: &Ctx, server: &Server, conns: usize, size: usize) -> Result<Run,
     config.warmup = warmup;
     let sampler = CpuSampler::start(running.pid);
     let drops = Drops::start();
-    let report = load::run(&config).map_err(|e| format!("echo-load: {e}"))?;
+    let report = echo_load::run(&config).map_err(|e| format!("echo-load: {e}"))?;
     let drops = drops.since();
     let from = report.started + config.warmup;
     let to = from + report.elapsed;
@@ -248,5 +248,5 @@ fn latency_run(
     let mut config = ctx.load(running.addr, 50, 64, Stop::Duration(secs));
     config.rate = Some(rate);
     config.warmup = warmup;
-    load::run(&config).map_err(|e| format!("echo-load: {e}"))
+    echo_load::run(&config).map_err(|e| format!("echo-load: {e}"))
 }

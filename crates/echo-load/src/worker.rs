@@ -4,8 +4,9 @@
 //! Owns connecting (non-blocking, a bounded number in flight), sending
 //! (closed loop, or open loop at a fixed rate), reading and handing the bytes
 //! to the [`Verifier`], latency measurement and classification of failures.
-//! It does not decide how work is split or report anything itself: `mod.rs`
-//! gives it a [`Plan`] and merges its [`Output`] (SPEC "The load generator").
+//! It does not decide how work is split or report anything itself: `lib.rs`
+//! gives it a [`Plan`] and merges its [`Output`] (docs/protocol.md "The load
+//! generator").
 //!
 //! The hot path allocates nothing: one `write` per batch of pipelined
 //! messages straight from the shared pattern, reads into one buffer per
@@ -13,7 +14,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
@@ -21,9 +21,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::payload::{Ending, Verifier};
-use super::report::{Failure, Output, Progress, classify};
-use super::{LoadError, Plan, Shared};
+use crate::payload::{Ending, Verifier};
+use crate::report::{Failure, Meter, Output, classify};
+use crate::{LoadError, Plan, Shared};
 
 /// Connects in flight per worker: enough to open thousands of connections
 /// quickly, few enough not to overflow the server's accept backlog (a
@@ -84,7 +84,7 @@ impl Conn {
 struct Worker<'a> {
     shared: &'a Shared,
     plan: &'a Plan,
-    progress: &'a Progress,
+    meter: &'a Meter,
     poll: Poll,
     conns: Slab<Conn>,
     /// Reused for every read.
@@ -100,15 +100,20 @@ struct Worker<'a> {
     sending: bool,
     /// When sending stops in duration mode.
     stop_at: Option<Instant>,
-    /// Deadline of the final wait for in-flight echoes.
-    grace_deadline: Option<Instant>,
     /// Messages this worker may still start, in count mode.
     budget: Option<u64>,
     /// Sum of every connection's `outstanding()`.
     in_flight: u64,
-    /// When an echo byte last arrived: a server silent for `connect_timeout`
-    /// with messages in flight has stalled, and the run ends with timeouts.
-    last_progress: Instant,
+    /// Open connections whose stream has begun what can only be a notice:
+    /// each still waits for its end-of-stream.
+    noticed: usize,
+    /// Set when a byte was read or written; the loop then moves `last_moved`.
+    moved: bool,
+    /// When a byte last moved, either way. While anything is awaited (an
+    /// echo, or the end-of-stream after a notice), nothing moving for
+    /// `connect_timeout` ends the run, and what was awaited counts as a
+    /// timeout; however slowly a steady server answers, it is waited for.
+    last_moved: Instant,
     /// Slab key of each open connection by slot (open loop).
     slots: Vec<usize>,
     /// Messages scheduled so far (open loop).
@@ -122,8 +127,8 @@ struct Worker<'a> {
 ///
 /// Fails when the thread cannot be pinned or its poll cannot be created or
 /// used; per-connection failures are counted in the output instead.
-pub(crate) fn run(shared: &Shared, plan: &Plan, progress: &Progress) -> Result<Output, LoadError> {
-    let prepared = prepare(shared, plan, progress);
+pub(crate) fn run(shared: &Shared, plan: &Plan, meter: &Meter) -> Result<Output, LoadError> {
+    let prepared = prepare(shared, plan, meter);
     let start = shared.gate.arrive(prepared.is_ok());
     let mut worker = prepared?;
     match start {
@@ -137,7 +142,7 @@ pub(crate) fn run(shared: &Shared, plan: &Plan, progress: &Progress) -> Result<O
 fn prepare<'a>(
     shared: &'a Shared,
     plan: &'a Plan,
-    progress: &'a Progress,
+    meter: &'a Meter,
 ) -> Result<Worker<'a>, LoadError> {
     if let Some(cpu) = plan.cpu {
         crate::sys::pin_current_thread(cpu).map_err(|source| LoadError::Pin { cpu, source })?;
@@ -146,7 +151,7 @@ fn prepare<'a>(
     let mut worker = Worker {
         shared,
         plan,
-        progress,
+        meter,
         poll: Poll::new().map_err(LoadError::Poll)?,
         conns: Slab::with_capacity(plan.connections),
         buf: vec![0; READ_BUFFER],
@@ -156,10 +161,11 @@ fn prepare<'a>(
         measure_start: now,
         sending: false,
         stop_at: None,
-        grace_deadline: None,
         budget: plan.budget,
         in_flight: 0,
-        last_progress: now,
+        noticed: 0,
+        moved: false,
+        last_moved: now,
         slots: Vec::new(),
         due: 0,
         out: Output::new(now),
@@ -296,7 +302,8 @@ impl Worker<'_> {
         self.stop_at = self.shared.duration.map(|d| self.measure_start + d);
         self.out.end = self.measure_start;
         self.sending = true;
-        self.last_progress = start;
+        self.last_moved = start;
+        self.moved = false;
         self.slots = self.conns.iter().map(|(key, _)| key).collect();
         for (slot, &key) in self.slots.iter().enumerate() {
             if let Some(conn) = self.conns.get_mut(key) {
@@ -312,13 +319,16 @@ impl Worker<'_> {
         loop {
             let now = Instant::now();
             self.tick(now);
-            if self.is_stalled(now) {
-                // Nothing echoed for a whole timeout: the rest is counted as
-                // timeouts by close_all instead of waiting forever.
-                self.stop_sending(now);
-                self.grace_deadline = Some(now);
+            // After the tick, so that what it just sent counts as movement.
+            if std::mem::take(&mut self.moved) {
+                self.last_moved = now;
             }
             if self.is_finished(now) {
+                if self.is_waiting() {
+                    // Stalled: sending ends here, as at a duration's end,
+                    // so the measured window runs to this moment.
+                    self.stop_sending(now);
+                }
                 break;
             }
             let timeout = self.timeout(now);
@@ -343,7 +353,9 @@ impl Worker<'_> {
         }
         let Some(rate) = self.plan.rate else { return };
         let n = self.slots.len() as u64;
-        let mut due = (now.saturating_duration_since(self.start).as_secs_f64() * rate) as u64 + 1;
+        // The cast saturates; the add must too.
+        let elapsed = now.saturating_duration_since(self.start).as_secs_f64();
+        let mut due = ((elapsed * rate) as u64).saturating_add(1);
         if let Some(limit) = self.plan.budget {
             due = due.min(limit);
         }
@@ -363,50 +375,59 @@ impl Worker<'_> {
         if self.sending {
             self.sending = false;
             self.out.end = self.out.end.max(now.min(self.stop_at.unwrap_or(now)));
-            self.grace_deadline = Some(now + self.shared.connect_timeout);
         }
     }
 
-    fn is_stalled(&self, now: Instant) -> bool {
-        self.sending && self.in_flight > 0 && now >= self.stall_deadline()
+    /// True while an echo, or the end-of-stream after a notice, is awaited.
+    fn is_waiting(&self) -> bool {
+        self.in_flight > 0 || self.noticed > 0
     }
 
-    fn stall_deadline(&self) -> Instant {
-        self.last_progress + self.shared.connect_timeout
+    /// When the run ends if nothing moves before (docs/protocol.md "The
+    /// load generator": it fails only when no byte moves for
+    /// `--connect-timeout`).
+    fn idle_deadline(&self) -> Instant {
+        self.last_moved + self.shared.connect_timeout
     }
 
+    /// True once every connection has gone, once nothing more is sent or
+    /// awaited, or once nothing has moved for a whole timeout while
+    /// something is awaited (close_all then counts what is left as
+    /// timeouts instead of waiting forever).
     fn is_finished(&self, now: Instant) -> bool {
         if self.conns.is_empty() {
             return true;
         }
-        if self.sending {
-            return false;
+        if self.is_waiting() {
+            return now >= self.idle_deadline();
         }
-        if self.grace_deadline.is_some_and(|d| now >= d) {
-            return true;
-        }
-        self.in_flight == 0 && !self.conns.iter().any(|(_, c)| c.verifier.has_candidate())
+        !self.sending
     }
 
     /// Poll timeout: until the next scheduled send or deadline.
     fn timeout(&self, now: Instant) -> Option<Duration> {
-        let mut next = if self.sending {
-            self.stop_at
-        } else {
-            self.grace_deadline
-        };
+        let mut next = if self.sending { self.stop_at } else { None };
         // Once the whole budget is scheduled there is no next send time:
         // waking for one would spin until the pipeline lets the last go.
         let all_due = self.plan.budget.is_some_and(|limit| self.due >= limit);
         if let (true, false, Some(rate)) = (self.sending, all_due, self.plan.rate) {
-            let at = self.start + Duration::from_secs_f64(self.due as f64 / rate);
-            next = Some(next.map_or(at, |n| n.min(at)));
+            if let Some(at) = self.scheduled(self.due, rate) {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
         }
-        if self.sending && self.in_flight > 0 {
-            let stall = self.stall_deadline();
-            next = Some(next.map_or(stall, |n| n.min(stall)));
+        if self.is_waiting() {
+            let idle = self.idle_deadline();
+            next = Some(next.map_or(idle, |n| n.min(idle)));
         }
         next.map(|t| t.saturating_duration_since(now))
+    }
+
+    /// When message `index` of this worker's open-loop schedule is due;
+    /// `None` past what an `Instant` can hold (never, in practice: the
+    /// configuration bounds the rate's interval).
+    fn scheduled(&self, index: u64, rate: f64) -> Option<Instant> {
+        let offset = Duration::try_from_secs_f64(index as f64 / rate).ok()?;
+        self.start.checked_add(offset)
     }
 
     /// Dispatches one event. Unknown keys are ignored: the connection was
@@ -487,9 +508,10 @@ impl Worker<'_> {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        self.last_progress = now;
+        self.moved = true;
         let shared = self.shared;
         let before = conn.outstanding();
+        let had_candidate = conn.verifier.has_candidate();
         let fed = conn
             .verifier
             .feed(&shared.pattern, &shared.notice, conn.sent, &self.buf[..n]);
@@ -499,7 +521,10 @@ impl Worker<'_> {
             let sent_at = match self.plan.rate {
                 Some(rate) => {
                     let index = m * self.slots.len() as u64 + conn.slot;
-                    self.start + Duration::from_secs_f64(index as f64 / rate)
+                    let offset = Duration::try_from_secs_f64(index as f64 / rate).ok();
+                    offset
+                        .and_then(|d| self.start.checked_add(d))
+                        .unwrap_or(now)
                 }
                 None => conn.send_times[(m % conn.send_times.len() as u64) as usize],
             };
@@ -511,6 +536,9 @@ impl Worker<'_> {
             self.out.drain.last_notice = Some(now);
         }
         self.in_flight = self.in_flight - before + conn.outstanding();
+        if conn.verifier.has_candidate() && !had_candidate {
+            self.noticed += 1;
+        }
         if fed.is_err() {
             log::debug!("echo mismatch on connection {}", conn.id);
             self.fail(key, Failure::Mismatch, now);
@@ -526,8 +554,8 @@ impl Worker<'_> {
         };
         match conn.verifier.ending(&self.shared.notice) {
             Ending::Notice => {
-                // SPEC Draining 3: bytes sent after the drain began may be
-                // discarded, so their missing echo is not an error.
+                // docs/protocol.md "Draining" 3: bytes sent after the drain
+                // began may be discarded, so their missing echo is no error.
                 self.out.drain.notices += 1;
                 self.out.drain.unanswered += conn.started - conn.completed;
                 self.mark_closing(key, now);
@@ -568,7 +596,10 @@ impl Worker<'_> {
             conn.send_times[(m % conn.send_times.len() as u64) as usize] = now;
         }
         conn.started += want;
-        conn.queued += want * self.shared.pattern.message_len() as u64;
+        // Saturating: a message may be as long as the user asks, and the
+        // stream is generated, never held, so only the count can overflow.
+        let bytes = want.saturating_mul(self.shared.pattern.message_len() as u64);
+        conn.queued = conn.queued.saturating_add(bytes);
         self.in_flight += want;
         if let Some(budget) = self.budget.as_mut() {
             *budget -= want;
@@ -595,6 +626,7 @@ impl Worker<'_> {
                 Ok(0) => return self.fail(key, Failure::Other, Instant::now()),
                 Ok(n) => {
                     conn.sent += n as u64;
+                    self.moved = true;
                     if n < chunk.len() {
                         return;
                     }
@@ -618,6 +650,9 @@ impl Worker<'_> {
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.phase != Phase::Closing {
                 self.in_flight -= conn.outstanding();
+                if conn.verifier.has_candidate() {
+                    self.noticed -= 1;
+                }
                 conn.phase = Phase::Closing;
                 self.closing.push(key);
                 self.out.drain.last_close = Some(now);
@@ -635,8 +670,9 @@ impl Worker<'_> {
         }
     }
 
-    /// Ends the run on this worker: connections still waiting for an echo
-    /// or for the rest of a notice count as timeouts.
+    /// Ends the run on this worker: connections still waiting for an echo,
+    /// for the rest of a notice or for the end-of-stream after it count as
+    /// timeouts (a notice without end-of-stream is not a drain).
     fn close_all(&mut self, now: Instant) {
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
@@ -646,11 +682,7 @@ impl Worker<'_> {
             if conn.phase == Phase::Closing {
                 continue;
             }
-            if conn.verifier.is_notice_complete(&self.shared.notice) {
-                self.out.drain.notices += 1;
-                self.out.drain.unanswered += conn.started - conn.completed;
-                self.mark_closing(key, now);
-            } else if conn.outstanding() > 0 || conn.verifier.has_candidate() {
+            if conn.outstanding() > 0 || conn.verifier.has_candidate() {
                 self.fail(key, Failure::Timeout, now);
             } else {
                 self.mark_closing(key, now);
@@ -660,14 +692,12 @@ impl Worker<'_> {
         self.publish();
     }
 
-    /// Publishes the live counters for the progress line.
+    /// Publishes the live counters for the progress samples.
     fn publish(&self) {
-        let p = self.progress;
-        p.messages.store(
+        self.meter.publish(
             self.out.messages + self.out.warmup_messages,
-            Ordering::Relaxed,
+            self.conns.len(),
+            self.out.errors.total(),
         );
-        p.open.store(self.conns.len() as u64, Ordering::Relaxed);
-        p.errors.store(self.out.errors.total(), Ordering::Relaxed);
     }
 }

@@ -3,34 +3,50 @@
 //!
 //! Owns the [`Report`] type and everything derived from it (percentiles,
 //! rates, exit verdict). It does not measure anything itself; the workers
-//! do (SPEC "The load generator": throughput, latency percentiles, errors,
-//! connections that received the notice and end-of-stream; a summary, or
-//! JSON with `--json`). The JSON is written by hand to avoid a dependency.
+//! do (docs/protocol.md "The load generator": throughput, latency
+//! percentiles, errors, connections that received the notice and
+//! end-of-stream; a summary, or JSON with `--json`). The JSON goes through
+//! serde: its fields are README's table, one for one.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use serde::{Serialize, Serializer};
 
 /// Largest latency recorded, in microseconds (one hour); longer ones saturate.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
 
-/// Live counters the main thread reads for the progress line.
+/// Live counters one worker publishes and the main thread samples once a
+/// second for [`Progress`](crate::Progress).
+///
+/// 32-bit atomics, so echo-load builds for targets without 64-bit ones:
+/// the message counter wraps, and readers only ever take differences of it
+/// (a second would need four billion messages to wrap twice).
 #[derive(Debug, Default)]
-pub(crate) struct Progress {
-    /// Messages verified so far, warmup included.
-    pub(crate) messages: AtomicU64,
+pub(crate) struct Meter {
+    /// Messages verified so far, warmup included, modulo 2^32.
+    messages: AtomicU32,
     /// Connections open now.
-    pub(crate) open: AtomicU64,
-    /// Errors so far.
-    pub(crate) errors: AtomicU64,
+    open: AtomicU32,
+    /// Errors so far (at most one per connection, so no wrap in practice).
+    errors: AtomicU32,
 }
 
-impl Progress {
-    /// Messages verified, connections open, errors so far.
-    pub(crate) fn read(&self) -> (u64, u64, u64) {
+impl Meter {
+    /// Stores a worker's counters.
+    pub(crate) fn publish(&self, messages: u64, open: usize, errors: u64) {
+        // Truncation wraps the count on purpose (see the type's doc).
+        self.messages.store(messages as u32, Ordering::Relaxed);
+        let saturate = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        self.open.store(saturate(open as u64), Ordering::Relaxed);
+        self.errors.store(saturate(errors), Ordering::Relaxed);
+    }
+
+    /// Messages verified (modulo 2^32), connections open, errors so far.
+    pub(crate) fn read(&self) -> (u32, u32, u32) {
         (
             self.messages.load(Ordering::Relaxed),
             self.open.load(Ordering::Relaxed),
@@ -143,8 +159,9 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
 
 /// Latency percentiles over every measured message, in microseconds.
 ///
-/// All zero when no message was measured (`samples == 0`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// All zero when no message was measured (`samples == 0`). Serialized as
+/// the `latency_us` object of the JSON report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Latency {
     /// Fastest round trip.
     pub min: u64,
@@ -181,7 +198,9 @@ impl Latency {
 }
 
 /// Errors by kind. Connect failures and per-connection failures both count.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// Serialized as its counts; the JSON report's `errors` object adds `total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Errors {
     /// Connections whose echo differed from what was sent (or that received
     /// bytes after the notice, or an incomplete notice).
@@ -351,90 +370,110 @@ impl Report {
 
     /// The report as one JSON object on one line (fields in the README).
     pub fn to_json(&self) -> String {
-        let mut s = String::with_capacity(1024);
-        let l = &self.latency;
-        let e = &self.errors;
-        let d = &self.drain;
-        let since =
-            |t: Option<Instant>| opt_secs(t.map(|t| t.saturating_duration_since(self.started)));
-        // Writing to a String cannot fail.
-        let _ = write!(
-            s,
-            "{{\"clean\":{},\"elapsed_secs\":{},\"messages\":{},\"warmup_messages\":{},\
-             \"bytes\":{},\"msgs_per_sec\":{},\"mib_per_sec\":{},",
-            self.is_clean(),
-            num(self.elapsed.as_secs_f64()),
-            self.messages,
-            self.warmup_messages,
-            self.bytes,
-            num(self.msgs_per_sec),
-            num(self.mib_per_sec),
-        );
-        let _ = write!(
-            s,
-            "\"latency_us\":{{\"min\":{},\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\
-             \"max\":{},\"samples\":{}}},",
-            l.min, l.p50, l.p90, l.p99, l.p999, l.max, l.samples
-        );
-        let _ = write!(
-            s,
-            "\"errors\":{{\"total\":{},\"mismatch\":{},\"reset\":{},\"timeout\":{},\
-             \"refused\":{},\"emfile\":{},\"other\":{},\"unexpected_eof\":{}}},",
-            e.total(),
-            e.mismatch,
-            e.reset,
-            e.timeout,
-            e.refused,
-            e.emfile,
-            e.other,
-            e.unexpected_eof
-        );
-        let _ = write!(
-            s,
-            "\"connections_opened\":{},\"connections_failed\":{},",
-            self.connections_opened, self.connections_failed
-        );
-        let _ = write!(
-            s,
-            "\"drain\":{{\"notices\":{},\"cut_without_notice\":{},\"unanswered\":{},\
-             \"first_notice_secs\":{},\"last_notice_secs\":{},\"last_close_secs\":{},\
-             \"fanout_secs\":{}}},",
-            d.notices,
-            d.cut_without_notice,
-            d.unanswered,
-            since(d.first_notice),
-            since(d.last_notice),
-            since(d.last_close),
-            opt_secs(d.fanout()),
-        );
-        let _ = write!(
-            s,
-            "\"cpu_user_secs\":{},\"cpu_sys_secs\":{},\"cpu_percent\":{}}}",
-            num(self.cpu_user.as_secs_f64()),
-            num(self.cpu_sys.as_secs_f64()),
-            num(self.cpu_percent()),
-        );
-        s
+        // Numbers, booleans and nulls into a String: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// The JSON report: README's fields, names and nesting, one for one.
+///
+/// Instants become seconds since the load started; JSON has no NaN or
+/// infinity, so a rate over an empty window is written as 0.
+#[derive(Serialize)]
+struct JsonReport {
+    clean: bool,
+    elapsed_secs: f64,
+    messages: u64,
+    warmup_messages: u64,
+    bytes: u64,
+    msgs_per_sec: f64,
+    mib_per_sec: f64,
+    latency_us: Latency,
+    errors: JsonErrors,
+    connections_opened: u64,
+    connections_failed: u64,
+    drain: JsonDrain,
+    cpu_user_secs: f64,
+    cpu_sys_secs: f64,
+    cpu_percent: f64,
+}
+
+/// The `errors` object: the total, then each kind.
+#[derive(Serialize)]
+struct JsonErrors {
+    total: u64,
+    #[serde(flatten)]
+    kinds: Errors,
+}
+
+/// The `drain` object; instants in seconds since the load started, `null`
+/// when they never happened.
+#[derive(Serialize)]
+struct JsonDrain {
+    notices: u64,
+    cut_without_notice: u64,
+    unanswered: u64,
+    first_notice_secs: Option<f64>,
+    last_notice_secs: Option<f64>,
+    last_close_secs: Option<f64>,
+    fanout_secs: Option<f64>,
+}
+
+impl From<&Report> for JsonReport {
+    fn from(r: &Report) -> JsonReport {
+        let d = &r.drain;
+        let since = |t: Option<Instant>| t.map(|t| secs(t.saturating_duration_since(r.started)));
+        JsonReport {
+            clean: r.is_clean(),
+            elapsed_secs: secs(r.elapsed),
+            messages: r.messages,
+            warmup_messages: r.warmup_messages,
+            bytes: r.bytes,
+            msgs_per_sec: finite(r.msgs_per_sec),
+            mib_per_sec: finite(r.mib_per_sec),
+            latency_us: r.latency,
+            errors: JsonErrors {
+                total: r.errors.total(),
+                kinds: r.errors,
+            },
+            connections_opened: r.connections_opened,
+            connections_failed: r.connections_failed,
+            drain: JsonDrain {
+                notices: d.notices,
+                cut_without_notice: d.cut_without_notice,
+                unanswered: d.unanswered,
+                first_notice_secs: since(d.first_notice),
+                last_notice_secs: since(d.last_notice),
+                last_close_secs: since(d.last_close),
+                fanout_secs: d.fanout().map(secs),
+            },
+            cpu_user_secs: secs(r.cpu_user),
+            cpu_sys_secs: secs(r.cpu_sys),
+            cpu_percent: finite(r.cpu_percent()),
+        }
+    }
+}
+
+/// Serializes as the JSON report README documents (see [`Report::to_json`]).
+impl Serialize for Report {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        JsonReport::from(self).serialize(serializer)
+    }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// `v`, or 0 where JSON has no number for it (NaN, infinity).
+fn finite(v: f64) -> f64 {
+    if v.is_finite() { v } else { 0.0 }
 }
 
 /// `value / elapsed` seconds, 0 when the window is empty.
 pub(crate) fn ratio(value: f64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
     if secs > 0.0 { value / secs } else { 0.0 }
-}
-
-/// A JSON number; JSON has no NaN or infinity, so those become 0.
-fn num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.6}")
-    } else {
-        "0".to_string()
-    }
-}
-
-fn opt_secs(d: Option<Duration>) -> String {
-    d.map_or_else(|| "null".to_string(), |d| num(d.as_secs_f64()))
 }
 
 impl fmt::Display for Report {
@@ -525,13 +564,44 @@ mod tests {
         }
     }
 
+    fn parse(report: &Report) -> serde_json::Value {
+        let json = report.to_json();
+        assert!(!json.contains('\n'), "not one line: {json}");
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("invalid JSON ({e}): {json}"))
+    }
+
     #[test]
     fn json_is_one_line_with_null_fanout_without_notice() {
-        let json = report().to_json();
-        assert!(!json.contains('\n'));
-        assert!(json.contains("\"fanout_secs\":null"));
-        assert!(json.contains("\"clean\":true"));
-        assert!(json.starts_with('{') && json.ends_with('}'));
+        let v = parse(&report());
+        assert_eq!(v["clean"], true);
+        assert!(v["drain"]["fanout_secs"].is_null(), "{v}");
+        assert!(v["drain"]["first_notice_secs"].is_null(), "{v}");
+        assert_eq!(v["messages"], 10);
+        assert_eq!(v["errors"]["total"], 0);
+        assert_eq!(v["elapsed_secs"], 2.0);
+    }
+
+    #[test]
+    fn json_writes_rates_over_an_empty_window_as_zero() {
+        let mut r = report();
+        r.msgs_per_sec = f64::NAN;
+        r.mib_per_sec = f64::INFINITY;
+        let v = parse(&r);
+        assert_eq!(v["msgs_per_sec"], 0.0);
+        assert_eq!(v["mib_per_sec"], 0.0);
+    }
+
+    #[test]
+    fn json_errors_carry_the_total_and_every_kind() {
+        let mut r = report();
+        r.errors.timeout = 2;
+        r.errors.reset = 1;
+        let v = parse(&r);
+        assert_eq!(v["clean"], false);
+        assert_eq!(v["errors"]["total"], 3);
+        assert_eq!(v["errors"]["timeout"], 2);
+        assert_eq!(v["errors"]["reset"], 1);
+        assert_eq!(v["errors"]["unexpected_eof"], 0);
     }
 
     #[test]

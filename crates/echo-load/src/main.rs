@@ -1,19 +1,20 @@
 //! `echo-load`: argv -> LoadConfig -> run -> print -> ExitCode.
 //!
-//! Only parses the command line, runs [`echod::load::run`] and maps the
-//! report to an exit status (SPEC "The load generator"): 0 when every byte
+//! Only parses the command line, runs [`echo_load::run`] and maps the
+//! report to an exit status (docs/protocol.md "The load generator"): 0 when every byte
 //! was verified and nothing went wrong, 1 when data was wrong or lost or the
 //! run could not happen, 2 on a usage error.
 
 use std::io::IsTerminal as _;
 use std::net::{SocketAddr, ToSocketAddrs as _};
+use std::num::IntErrorKind;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
 use lexopt::ValueExt as _;
 
-use echod::load::{LoadConfig, LoadError, Payload, Stop, run};
+use echo_load::{LoadConfig, LoadError, Payload, Stop, run};
 
 const HELP: &str = "\
 echo-load: drive an echo server with many connections, verify every echoed
@@ -34,9 +35,9 @@ Options:
   -r, --rate R              open loop: R messages/s in total; latency is then
                             counted from each message's scheduled send time
   -t, --threads N           worker threads [default: number of CPUs]
-      --connect-timeout SECS  connect timeout; also the final wait for echoes, and how
-                              long a server may echo nothing with messages in flight
-                              before the run ends with timeouts [default: 5]
+      --connect-timeout SECS  connect timeout; also how long nothing may move (no
+                              byte sent or received) while an echo or an end-of-stream
+                              is awaited before the run ends with timeouts [default: 5]
       --warmup SECS         verify but do not measure the first SECS seconds [default: 0]
       --pin CPU,CPU..       pin worker i to the i-th CPU of the list (cycling)
       --shutdown-message TEXT  the notice a draining server sends [default: SHUTDOWN]
@@ -46,11 +47,16 @@ Options:
   -h, --help                print this help
   -V, --version             print the version
 
+Limits (beyond them, a usage error):
+  --connections at most 1000000, and connections x --pipeline at most 16777216;
+  --duration, --warmup and --connect-timeout at most 1000000000 seconds;
+  --rate at least one message every 1000000000 seconds
+
 Exit status:
   0  every echoed byte was verified and no error occurred (a drain announced
      by the shutdown message is not an error)
   1  data was wrong or lost, a connection failed, or the run could not start
-  2  usage error
+  2  usage error, out-of-range values included
 ";
 
 /// A usage error: what was wrong and why.
@@ -89,11 +95,38 @@ impl From<lexopt::Error> for Usage {
 enum Command {
     Help,
     Version,
-    Run { config: Box<LoadConfig>, json: bool },
+    Run {
+        config: Box<LoadConfig>,
+        json: bool,
+        typed: Typed,
+    },
+}
+
+/// The values given on the command line as typed, by long flag, so that an
+/// error the library finds later can quote the flag and its value.
+#[derive(Default)]
+struct Typed(Vec<(&'static str, String)>);
+
+impl Typed {
+    /// Takes the value of `flag` from the parser and remembers it.
+    fn value(&mut self, parser: &mut lexopt::Parser, flag: &'static str) -> Result<String, Usage> {
+        let value = parser.value()?.string()?;
+        self.0.push((flag, value.clone()));
+        Ok(value)
+    }
+
+    /// `--flag "value"` with the last value given to `flag`, or `--flag`
+    /// alone when it was not given (its default was rejected).
+    fn quote(&self, flag: &str) -> String {
+        match self.0.iter().rev().find(|(f, _)| *f == flag) {
+            Some((_, value)) => format!("{flag} {value:?}"),
+            None => flag.to_string(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let (config, json) = match parse_args() {
+    let (config, json, typed) = match parse_args() {
         Ok(Command::Help) => {
             out(HELP);
             return ExitCode::SUCCESS;
@@ -102,7 +135,11 @@ fn main() -> ExitCode {
             out(&format!("echo-load {}\n", env!("CARGO_PKG_VERSION")));
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Run { config, json }) => (config, json),
+        Ok(Command::Run {
+            config,
+            json,
+            typed,
+        }) => (config, json, typed),
         Err(usage) => return usage_error(&usage),
     };
     match run(&config) {
@@ -121,10 +158,10 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Err(LoadError::InvalidConfig { field, reason }) => usage_error(&Usage::new(
-            format!("--{}", field.replace('_', "-")),
-            reason,
-        )),
+        Err(LoadError::InvalidConfig { field, reason }) => {
+            let flag = format!("--{}", field.replace('_', "-"));
+            usage_error(&Usage::new(typed.quote(&flag), reason))
+        }
         Err(err) => {
             err_line(&format!("echo-load: {err}"));
             ExitCode::from(1)
@@ -163,33 +200,55 @@ fn parse_args() -> Result<Command, Usage> {
     let (mut duration, mut messages) = (None, None);
     let (mut size, mut message) = (None, None);
     let mut addr = None;
+    let mut typed = Typed::default();
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
-        match arg {
-            Short('c') | Long("connections") => {
-                config.connections = number(&mut parser, "--connections")?
+        let flag = match arg {
+            Short('c') | Long("connections") => "--connections",
+            Short('d') | Long("duration") => "--duration",
+            Short('n') | Long("messages") => "--messages",
+            Short('s') | Long("size") => "--size",
+            Short('m') | Long("message") => "--message",
+            Short('p') | Long("pipeline") => "--pipeline",
+            Short('r') | Long("rate") => "--rate",
+            Short('t') | Long("threads") => "--threads",
+            Long("connect-timeout") => "--connect-timeout",
+            Long("warmup") => "--warmup",
+            Long("pin") => "--pin",
+            Long("shutdown-message") => "--shutdown-message",
+            Long("json") => {
+                json = true;
+                continue;
             }
-            Short('d') | Long("duration") => duration = Some(seconds(&mut parser, "--duration")?),
-            Short('n') | Long("messages") => messages = Some(number(&mut parser, "--messages")?),
-            Short('s') | Long("size") => size = Some(number(&mut parser, "--size")?),
-            Short('m') | Long("message") => message = Some(parser.value()?.string()?),
-            Short('p') | Long("pipeline") => config.pipeline = number(&mut parser, "--pipeline")?,
-            Short('r') | Long("rate") => config.rate = Some(number(&mut parser, "--rate")?),
-            Short('t') | Long("threads") => config.threads = number(&mut parser, "--threads")?,
-            Long("connect-timeout") => {
-                config.connect_timeout = seconds(&mut parser, "--connect-timeout")?
+            Long("progress") => {
+                progress = true;
+                continue;
             }
-            Long("warmup") => config.warmup = seconds(&mut parser, "--warmup")?,
-            Long("pin") => config.pin_cpus = cpus(&parser.value()?.string()?)?,
-            Long("shutdown-message") => {
-                config.shutdown_message = parser.value()?.string()?.into_bytes();
-            }
-            Long("json") => json = true,
-            Long("progress") => progress = true,
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
-            Value(value) if addr.is_none() => addr = Some(value.string()?),
+            Value(value) if addr.is_none() => {
+                addr = Some(value.string()?);
+                continue;
+            }
             _ => return Err(arg.unexpected().into()),
+        };
+        // Every option left takes a value.
+        let value = typed.value(&mut parser, flag)?;
+        match flag {
+            "--connections" => config.connections = count(&value, flag)?,
+            "--duration" => duration = Some(seconds(&value, flag)?),
+            "--messages" => messages = Some(count(&value, flag)?),
+            "--size" => size = Some(count(&value, flag)?),
+            "--message" => message = Some(value),
+            "--pipeline" => config.pipeline = count(&value, flag)?,
+            "--rate" => config.rate = Some(number(&value, flag)?),
+            "--threads" => config.threads = count(&value, flag)?,
+            "--connect-timeout" => config.connect_timeout = seconds(&value, flag)?,
+            "--warmup" => config.warmup = seconds(&value, flag)?,
+            "--pin" => config.pin_cpus = cpus(&value)?,
+            "--shutdown-message" => config.shutdown_message = value.into_bytes(),
+            // Only the flags named above reach here.
+            other => return Err(Usage::new(other, "unknown option")),
         }
     }
     config.stop = match (duration, messages) {
@@ -213,23 +272,41 @@ fn parse_args() -> Result<Command, Usage> {
     Ok(Command::Run {
         config: Box::new(config),
         json,
+        typed,
     })
 }
 
-fn number<T: FromStr>(parser: &mut lexopt::Parser, flag: &str) -> Result<T, Usage> {
-    let value = parser.value()?.string()?;
+fn number<T: FromStr>(value: &str, flag: &str) -> Result<T, Usage> {
     value
         .parse()
         .map_err(|_| Usage::new(format!("{flag} {value:?}"), "not a valid number"))
 }
 
-fn seconds(parser: &mut lexopt::Parser, flag: &str) -> Result<Duration, Usage> {
-    let value = parser.value()?.string()?;
-    value
-        .parse::<f64>()
-        .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| Usage::new(format!("{flag} {value:?}"), "not a number of seconds"))
+/// A whole number of things (connections, messages, bytes, threads).
+/// Range checks that depend on the run are the library's; here only what
+/// the type cannot hold is "too large".
+fn count<T: TryFrom<u64>>(value: &str, flag: &str) -> Result<T, Usage> {
+    let what = || format!("{flag} {value:?}");
+    match value.parse::<u64>() {
+        Ok(n) => T::try_from(n).map_err(|_| Usage::new(what(), "too large")),
+        Err(err) if *err.kind() == IntErrorKind::PosOverflow => {
+            Err(Usage::new(what(), "too large"))
+        }
+        Err(_) => Err(Usage::new(what(), "not a valid number")),
+    }
+}
+
+fn seconds(value: &str, flag: &str) -> Result<Duration, Usage> {
+    let what = || format!("{flag} {value:?}");
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| Usage::new(what(), "not a number of seconds"))?;
+    if secs.is_nan() || secs < 0.0 {
+        return Err(Usage::new(what(), "must be zero or more seconds"));
+    }
+    // Past what a Duration holds (1e20, inf): the longest Duration, which
+    // the library rejects naming its limit, one wording for every case.
+    Ok(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
 }
 
 fn cpus(list: &str) -> Result<Vec<usize>, Usage> {

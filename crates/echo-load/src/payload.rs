@@ -3,8 +3,8 @@
 //! Owns the bytes echo-load sends and the check of every byte it gets back.
 //! It does no I/O and keeps no per-message storage: each connection's outgoing
 //! stream is a fixed function of (connection, byte offset), so verifying an
-//! echo needs only a cursor (SPEC "The load generator": "verifies every echoed
-//! byte"; "its payload never contains the shutdown message").
+//! echo needs only a cursor (docs/protocol.md "The load generator": it
+//! "verifies every echoed byte"; "its payload never contains the notice").
 //!
 //! The stream is read from a shared [`Pattern`]: a buffer of `2 * period`
 //! bytes where the second half repeats the first, so any `period` bytes from
@@ -17,7 +17,7 @@
 //! byte that is not valid echo opens a candidate notice, and at end-of-stream
 //! the bytes from the candidate's start must equal the notice exactly.
 
-use super::Payload;
+use crate::Payload;
 
 /// Length of a generated pattern's period, a prime so that message
 /// boundaries and the pattern's period rarely line up.

@@ -1,0 +1,83 @@
+//! The operating-system layer: echo-load's only `unsafe` and libc-level code.
+//!
+//! Thin wrappers around one system call each, with a safe signature. They
+//! own no state and make no policy; the callers decide what an error means.
+//! echod's `src/sys.rs` has its own copies: the two packages share no code,
+//! so the server's library never carries the load generator and the load
+//! generator never links the server.
+//!
+//! # Notes
+//!
+//! Linux is the target; only Linux is tested.
+
+use std::io;
+use std::time::Duration;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit.
+///
+/// # Errors
+///
+/// Returns the OS error when the limit cannot be read or set.
+pub fn raise_nofile_limit() -> io::Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; the kernel only reads it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// True when `err` says the process or the system has run out of descriptors
+/// (`EMFILE`, `ENFILE`), or the kernel out of socket memory (`ENOBUFS`, `ENOMEM`).
+pub fn is_resource_exhausted(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Pins the calling thread to one CPU.
+///
+/// # Errors
+///
+/// Returns the OS error from `sched_setaffinity` (for example when `cpu` does
+/// not exist or is not allowed for this process).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is its empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `cpu` is below CPU_SETSIZE, checked above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// User and system CPU time consumed so far by the whole process (`getrusage`).
+pub fn process_cpu_time() -> (Duration, Duration) {
+    // SAFETY: rusage is plain data and getrusage fills it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is valid and writable; RUSAGE_SELF cannot fail with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    (tv(usage.ru_utime), tv(usage.ru_stime))
+}
