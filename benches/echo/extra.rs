@@ -21,15 +21,15 @@ const IDLE_CONNS: usize = 10_000;
 
 /// RSS of every server idle and with [`IDLE_CONNS`] idle connections.
 pub fn rss(ctx: &Ctx) -> Vec<RssRow> {
-    say!("\n-- memory: VmRSS idle and with {IDLE_CONNS} idle connections");
+    println!("\n-- memory: VmRSS idle and with {IDLE_CONNS} idle connections");
     if let Err(e) = echod::sys::raise_nofile_limit() {
-        say!("  cannot raise RLIMIT_NOFILE: {e}");
+        println!("  cannot raise RLIMIT_NOFILE: {e}");
     }
     let mut rows = Vec::new();
     for server in &ctx.servers {
         match rss_one(ctx, server) {
             Ok(row) => {
-                say!(
+                println!(
                     "  {:<9} idle {:>7.0} KiB   with {} conns {:>8} KiB   {:>6} B/conn",
                     server.kind.name(),
                     row.idle as f64 / 1024.0,
@@ -40,7 +40,7 @@ pub fn rss(ctx: &Ctx) -> Vec<RssRow> {
                 );
                 rows.push(row);
             }
-            Err(e) => say!("  {:<9} FAILED: {e}", server.kind.name()),
+            Err(e) => println!("  {:<9} FAILED: {e}", server.kind.name()),
         }
     }
     rows
@@ -56,7 +56,7 @@ fn rss_one(ctx: &Ctx, server: &Server) -> Result<RssRow, String> {
         match TcpStream::connect(running.addr) {
             Ok(s) => streams.push(s),
             Err(e) => {
-                say!(
+                println!(
                     "  {}: connect {i} failed: {e}; measuring with {i}",
                     server.kind.name()
                 );
@@ -71,7 +71,7 @@ fn rss_one(ctx: &Ctx, server: &Server) -> Result<RssRow, String> {
     let want = base_fds + streams.len();
     let got = measure::wait_fds(running.pid, want, Duration::from_secs(15));
     if got < want {
-        say!(
+        println!(
             "  {}: only {} of {} connections accepted",
             server.kind.name(),
             got - base_fds.min(got),
@@ -92,7 +92,7 @@ fn rss_one(ctx: &Ctx, server: &Server) -> Result<RssRow, String> {
 /// Median time from spawn to the first echoed byte, per server.
 pub fn startup(ctx: &Ctx) -> Vec<StartupRow> {
     let reps = if ctx.quick { 5 } else { 20 };
-    say!("\n-- start-up: spawn to first echoed byte, {reps} runs each, alternating");
+    println!("\n-- start-up: spawn to first echoed byte, {reps} runs each, alternating");
     let mut rows: Vec<StartupRow> = ctx
         .servers
         .iter()
@@ -110,7 +110,7 @@ pub fn startup(ctx: &Ctx) -> Vec<StartupRow> {
             match startup_once(&ctx.servers[i], &ctx.launch()) {
                 Ok(ms) => rows[i].samples_ms.push(ms),
                 Err(e) => {
-                    say!("  {:<9} FAILED: {e}", ctx.servers[i].kind.name());
+                    println!("  {:<9} FAILED: {e}", ctx.servers[i].kind.name());
                     failed[i] = true;
                 }
             }
@@ -118,7 +118,7 @@ pub fn startup(ctx: &Ctx) -> Vec<StartupRow> {
     }
     rows.retain(|r| !r.samples_ms.is_empty());
     for r in &rows {
-        say!(
+        println!(
             "  {:<9} median {:>6.2} ms",
             r.server.name(),
             median(&r.samples_ms)
@@ -165,31 +165,30 @@ impl Drop for ChildGuard {
 /// echod with many connected clients, drained by SIGHUP mid-run.
 pub fn drain(ctx: &Ctx) -> Option<DrainResult> {
     let conns = 10_000;
-    say!("\n-- drain at scale: echod with {conns} clients at 2000 msgs/s total, SIGHUP mid-run");
+    println!(
+        "\n-- drain at scale: echod with {conns} clients at 2000 msgs/s total, SIGHUP mid-run"
+    );
     let server = ctx.servers.iter().find(|s| s.kind == Kind::Echod)?;
     match drain_run(ctx, server, conns) {
         Ok(d) => {
             let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
-            say!(
+            println!(
                 "  connections {} of {} opened, {} notices, {} errors",
-                d.opened,
-                d.asked,
-                d.notices,
-                d.errors
+                d.opened, d.asked, d.notices, d.errors
             );
-            say!(
+            println!(
                 "  SIGHUP -> last client holds its notice   {}",
                 ms(d.to_last_notice_ms)
             );
-            say!(
+            println!(
                 "  fan-out first -> last notice            {}",
                 ms(d.fanout_ms)
             );
-            say!(
+            println!(
                 "  last client close -> echod exit         {}",
                 ms(d.close_to_exit_ms)
             );
-            say!(
+            println!(
                 "  SIGHUP -> echod exit                    {}  ({})",
                 ms(d.sighup_to_exit_ms),
                 d.exit_status
@@ -197,7 +196,7 @@ pub fn drain(ctx: &Ctx) -> Option<DrainResult> {
             Some(d)
         }
         Err(e) => {
-            say!("  FAILED: {e}");
+            println!("  FAILED: {e}");
             None
         }
     }
@@ -247,7 +246,7 @@ fn drain_run(ctx: &Ctx, server: &Server, conns: usize) -> Result<DrainResult, St
     };
     let d = &report.drain;
     if seen < base_fds + conns {
-        say!(
+        println!(
             "  only {} connections reached echod before SIGHUP",
             seen.saturating_sub(base_fds)
         );
@@ -267,11 +266,11 @@ fn drain_run(ctx: &Ctx, server: &Server, conns: usize) -> Result<DrainResult, St
 
 /// echo-load and blocking-client, alternately, against the C server.
 pub fn vs_blocking(ctx: &Ctx) -> Option<VsBlocking> {
-    say!("\n-- load generators: echo-load vs blocking-client, c-epoll server, 50 x 64 B");
+    println!("\n-- load generators: echo-load vs blocking-client, c-epoll server, 50 x 64 B");
     let server = ctx.servers.iter().find(|s| s.kind == Kind::C);
     let client = servers::blocking_client(&ctx.root);
     let (Some(server), Some(client)) = (server, client) else {
-        say!("  SKIP: needs c-epoll and blocking-client");
+        println!("  SKIP: needs c-epoll and blocking-client");
         return None;
     };
     let secs = if ctx.quick { 1 } else { 3 };
@@ -280,7 +279,7 @@ pub fn vs_blocking(ctx: &Ctx) -> Option<VsBlocking> {
         let running = match servers::start(server, &ctx.launch()) {
             Ok(r) => r,
             Err(e) => {
-                say!("  FAILED: {e}");
+                println!("  FAILED: {e}");
                 continue;
             }
         };
@@ -293,7 +292,7 @@ pub fn vs_blocking(ctx: &Ctx) -> Option<VsBlocking> {
         );
         match echo_load::run(&config) {
             Ok(r) => {
-                say!(
+                println!(
                     "  round {}: echo-load       {:>9.0} rt/s  (its cpu {:.0}% of a core)",
                     round + 1,
                     r.msgs_per_sec,
@@ -302,17 +301,17 @@ pub fn vs_blocking(ctx: &Ctx) -> Option<VsBlocking> {
                 out.echo_load.push(r.msgs_per_sec);
                 out.echo_load_cpu_pct.push(r.cpu_percent());
             }
-            Err(e) => say!("  round {}: echo-load FAILED: {e}", round + 1),
+            Err(e) => println!("  round {}: echo-load FAILED: {e}", round + 1),
         }
         match blocking_run(&client, running.addr, secs, ctx.load_cpu) {
             Ok(rps) => {
-                say!("  round {}: blocking-client {:>9.0} rt/s", round + 1, rps);
+                println!("  round {}: blocking-client {:>9.0} rt/s", round + 1, rps);
                 out.blocking.push(rps);
             }
-            Err(e) => say!("  round {}: blocking-client FAILED: {e}", round + 1),
+            Err(e) => println!("  round {}: blocking-client FAILED: {e}", round + 1),
         }
         if watch.since() > 0 {
-            say!("  WARNING: loopback drops during round {}", round + 1);
+            println!("  WARNING: loopback drops during round {}", round + 1);
         }
     }
     Some(out)

@@ -28,12 +28,12 @@ pub fn syscalls(ctx: &Ctx) -> Vec<SyscallRow> {
         (true, false) => 200_000,
         (false, _) => 20_000,
     };
-    say!("\n-- system calls: 50 connections x 64 B, {msgs} messages, counted with {tool}");
+    println!("\n-- system calls: 50 connections x 64 B, {msgs} messages, counted with {tool}");
     let mut rows = Vec::new();
     for server in &ctx.servers {
         match syscall_run(ctx, server, perf, msgs) {
             Ok(row) => {
-                say!(
+                println!(
                     "  {:<9} {:>5.2} syscalls/msg   epoll_wait {:>5.2}/msg   others {:>5.2}/msg",
                     server.kind.name(),
                     row.per_msg(),
@@ -42,7 +42,7 @@ pub fn syscalls(ctx: &Ctx) -> Vec<SyscallRow> {
                 );
                 rows.push(row);
             }
-            Err(e) => say!("  {:<9} FAILED: {e}", server.kind.name()),
+            Err(e) => println!("  {:<9} FAILED: {e}", server.kind.name()),
         }
     }
     rows
@@ -92,7 +92,7 @@ fn syscall_run(ctx: &Ctx, server: &Server, perf: bool, msgs: u64) -> Result<Sysc
         .map_err(|e| format!("counter: {e}"))?;
     let report = report.map_err(|e| format!("echo-load: {e}"))?;
     if errors(&report) > 0 {
-        say!(
+        println!(
             "  {}: WARNING {} load errors",
             server.kind.name(),
             errors(&report)
@@ -162,10 +162,10 @@ fn parse_strace(text: &str) -> Option<(u64, u64)> {
 /// Instructions per round trip under callgrind for echod and three peers.
 pub fn callgrind(ctx: &Ctx) -> Vec<CallgrindRow> {
     let (n1, n2) = (10_000, 60_000);
-    say!("\n-- callgrind: 1 connection x 64 B, Ir({n2}) - Ir({n1}) per round trip");
+    println!("\n-- callgrind: 1 connection x 64 B, Ir({n2}) - Ir({n1}) per round trip");
     let dir = ctx.root.join("target/callgrind");
     if let Err(e) = fs::create_dir_all(&dir) {
-        say!("  SKIP: cannot create {}: {e}", dir.display());
+        println!("  SKIP: cannot create {}: {e}", dir.display());
         return Vec::new();
     }
     let wanted = [Kind::Echod, Kind::C, Kind::Mio, Kind::TokioCt];
@@ -181,14 +181,14 @@ pub fn callgrind(ctx: &Ctx) -> Vec<CallgrindRow> {
                     ir1,
                     ir2,
                 };
-                say!(
+                println!(
                     "  {:<9} {:>7.1} instructions per round trip",
                     server.kind.name(),
                     row.per_rt()
                 );
                 rows.push(row);
             }
-            Err(e) => say!("  {:<9} FAILED: {e}", server.kind.name()),
+            Err(e) => println!("  {:<9} FAILED: {e}", server.kind.name()),
         }
     }
     rows

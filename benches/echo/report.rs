@@ -1,10 +1,12 @@
 //! Turning [`Results`] into the Markdown tables (stdout and
-//! `docs/bench/*.md`), the target verdicts and the JSON file.
+//! `target/echo-bench/*.md`), the target verdicts and the JSON file.
 
 use std::fmt::Write as _;
 
 use crate::measure::{Machine, median};
-use crate::results::{Json, Results, Throughput};
+use serde_json::{Value, json};
+
+use crate::results::{Results, Throughput};
 use crate::servers::Kind;
 
 /// Facts about the run itself.
@@ -349,139 +351,148 @@ fn other_targets(r: &Results, out: &mut Vec<Target>) {
     });
 }
 
-/// The whole run as JSON.
-pub fn json(r: &Results, info: &RunInfo, targets: &[Target]) -> Json {
+/// The whole run as JSON (`serde_json` renders non-finite numbers as `null`).
+pub fn json(r: &Results, info: &RunInfo, targets: &[Target]) -> Value {
     let m = &info.machine;
-    let machine = Json::obj(vec![
-        ("nproc", m.nproc.into()),
-        ("kernel", m.kernel.as_str().into()),
-        ("cpu_model", m.cpu_model.as_str().into()),
-    ]);
-    let throughput = r.throughput.iter().map(|t| {
-        let runs = t
-            .runs
-            .iter()
-            .map(|x| {
-                Json::obj(vec![
-                    ("rtps", x.rtps.into()),
-                    ("msgs", x.msgs.into()),
-                    ("server_cpu_secs", x.cpu.into()),
-                    ("errors", x.errors.into()),
-                    ("loopback_drops", x.drops.into()),
-                ])
+    let throughput: Vec<Value> = r
+        .throughput
+        .iter()
+        .map(|t| {
+            let runs: Vec<Value> = t
+                .runs
+                .iter()
+                .map(|x| {
+                    json!({
+                        "rtps": x.rtps,
+                        "msgs": x.msgs,
+                        "server_cpu_secs": x.cpu,
+                        "errors": x.errors,
+                        "loopback_drops": x.drops,
+                    })
+                })
+                .collect();
+            json!({
+                "server": t.server.name(),
+                "connections": t.conns,
+                "size": t.size,
+                "rtps": t.rtps(),
+                "server_cpu_secs_per_million": t.cpu_per_million(),
+                "rt_per_server_cpu_sec": t.per_cpu_sec(),
+                "warning": t.warning(),
+                "runs": runs,
             })
-            .collect();
-        Json::obj(vec![
-            ("server", t.server.name().into()),
-            ("connections", t.conns.into()),
-            ("size", t.size.into()),
-            ("rtps", t.rtps().into()),
-            ("server_cpu_secs_per_million", t.cpu_per_million().into()),
-            ("rt_per_server_cpu_sec", t.per_cpu_sec().into()),
-            ("warning", t.warning().into()),
-            ("runs", Json::Arr(runs)),
-        ])
-    });
-    let latency = r.latency.iter().map(|l| {
-        Json::obj(vec![
-            ("server", l.server.name().into()),
-            ("p50_us", l.p50.into()),
-            ("p99_us", l.p99.into()),
-            ("p999_us", l.p999.into()),
-            ("achieved_msgs_per_sec", l.achieved.into()),
-            ("warning", l.warning.clone().into()),
-        ])
-    });
-    let rss = r.rss.iter().map(|x| {
-        Json::obj(vec![
-            ("server", x.server.name().into()),
-            ("idle_bytes", x.idle.into()),
-            ("loaded_bytes", x.loaded.into()),
-            ("connections", x.conns.into()),
-            ("bytes_per_conn", x.per_conn().into()),
-        ])
-    });
-    let sys = r.syscalls.iter().map(|x| {
-        Json::obj(vec![
-            ("server", x.server.name().into()),
-            ("tool", x.tool.as_str().into()),
-            ("messages", x.msgs.into()),
-            ("syscalls", x.total.into()),
-            ("epoll_wait", x.epoll_wait.into()),
-            ("per_msg", x.per_msg().into()),
-            ("per_msg_excl_epoll_wait", x.other_per_msg().into()),
-        ])
-    });
-    let start = r.startup.iter().map(|x| {
-        Json::obj(vec![
-            ("server", x.server.name().into()),
-            ("median_ms", median(&x.samples_ms).into()),
-            (
-                "samples_ms",
-                Json::Arr(x.samples_ms.iter().map(|&v| v.into()).collect()),
-            ),
-        ])
-    });
-    let cg = r.callgrind.iter().map(|c| {
-        Json::obj(vec![
-            ("server", c.server.name().into()),
-            ("n1", c.n1.into()),
-            ("n2", c.n2.into()),
-            ("ir1", c.ir1.into()),
-            ("ir2", c.ir2.into()),
-            ("ir_per_round_trip", c.per_rt().into()),
-        ])
-    });
+        })
+        .collect();
+    let latency: Vec<Value> = r
+        .latency
+        .iter()
+        .map(|l| {
+            json!({
+                "server": l.server.name(),
+                "p50_us": l.p50,
+                "p99_us": l.p99,
+                "p999_us": l.p999,
+                "achieved_msgs_per_sec": l.achieved,
+                "warning": l.warning,
+            })
+        })
+        .collect();
+    let rss: Vec<Value> = r
+        .rss
+        .iter()
+        .map(|x| {
+            json!({
+                "server": x.server.name(),
+                "idle_bytes": x.idle,
+                "loaded_bytes": x.loaded,
+                "connections": x.conns,
+                "bytes_per_conn": x.per_conn(),
+            })
+        })
+        .collect();
+    let syscalls: Vec<Value> = r
+        .syscalls
+        .iter()
+        .map(|x| {
+            json!({
+                "server": x.server.name(),
+                "tool": x.tool,
+                "messages": x.msgs,
+                "syscalls": x.total,
+                "epoll_wait": x.epoll_wait,
+                "per_msg": x.per_msg(),
+                "per_msg_excl_epoll_wait": x.other_per_msg(),
+            })
+        })
+        .collect();
+    let startup: Vec<Value> = r
+        .startup
+        .iter()
+        .map(|x| {
+            json!({
+                "server": x.server.name(),
+                "median_ms": median(&x.samples_ms),
+                "samples_ms": x.samples_ms,
+            })
+        })
+        .collect();
+    let callgrind: Vec<Value> = r
+        .callgrind
+        .iter()
+        .map(|c| {
+            json!({
+                "server": c.server.name(),
+                "n1": c.n1,
+                "n2": c.n2,
+                "ir1": c.ir1,
+                "ir2": c.ir2,
+                "ir_per_round_trip": c.per_rt(),
+            })
+        })
+        .collect();
     let drain = r.drain.as_ref().map(|d| {
-        Json::obj(vec![
-            ("clients_asked", d.asked.into()),
-            ("clients_connected", d.opened.into()),
-            ("notices", d.notices.into()),
-            ("errors", d.errors.into()),
-            ("sighup_to_last_notice_ms", d.to_last_notice_ms.into()),
-            ("fanout_ms", d.fanout_ms.into()),
-            ("last_close_to_exit_ms", d.close_to_exit_ms.into()),
-            ("sighup_to_exit_ms", d.sighup_to_exit_ms.into()),
-            ("exit_status", d.exit_status.as_str().into()),
-        ])
+        json!({
+            "clients_asked": d.asked,
+            "clients_connected": d.opened,
+            "notices": d.notices,
+            "errors": d.errors,
+            "sighup_to_last_notice_ms": d.to_last_notice_ms,
+            "fanout_ms": d.fanout_ms,
+            "last_close_to_exit_ms": d.close_to_exit_ms,
+            "sighup_to_exit_ms": d.sighup_to_exit_ms,
+            "exit_status": d.exit_status,
+        })
     });
-    let vs = r.vs_blocking.as_ref().map(|v| {
-        let arr = |x: &[f64]| Json::Arr(x.iter().map(|&v| v.into()).collect());
-        Json::obj(vec![
-            ("echo_load_rtps", arr(&v.echo_load)),
-            ("blocking_client_rtps", arr(&v.blocking)),
-            ("echo_load_cpu_percent", arr(&v.echo_load_cpu_pct)),
-            ("ratio", load_ratio(r).into()),
-        ])
+    let load_generators = r.vs_blocking.as_ref().map(|v| {
+        json!({
+            "echo_load_rtps": v.echo_load,
+            "blocking_client_rtps": v.blocking,
+            "echo_load_cpu_percent": v.echo_load_cpu_pct,
+            "ratio": load_ratio(r),
+        })
     });
-    let tg = targets.iter().map(|t| {
-        Json::obj(vec![
-            ("target", t.name.as_str().into()),
-            ("figure", t.figure.as_str().into()),
-            ("met", t.met.into()),
-        ])
-    });
-    Json::obj(vec![
-        ("date", info.date.as_str().into()),
-        ("mode", info.mode.into()),
-        ("command", info.command.as_str().into()),
-        ("duration_secs", info.secs.into()),
-        ("pinning", info.pinning.as_str().into()),
-        ("machine", machine),
-        ("throughput", Json::Arr(throughput.collect())),
-        ("latency_rate_msgs_per_sec", r.latency_rate.into()),
-        ("latency", Json::Arr(latency.collect())),
-        ("rss", Json::Arr(rss.collect())),
-        ("syscalls", Json::Arr(sys.collect())),
-        ("startup", Json::Arr(start.collect())),
-        ("callgrind", Json::Arr(cg.collect())),
-        ("drain", drain.into()),
-        ("load_generators", vs.into()),
-        ("binary_bytes", r.binary_size.into()),
-        ("targets", Json::Arr(tg.collect())),
-        (
-            "notes",
-            Json::Arr(r.notes.iter().map(|n| n.as_str().into()).collect()),
-        ),
-    ])
+    let targets: Vec<Value> = targets
+        .iter()
+        .map(|t| json!({"target": t.name, "figure": t.figure, "met": t.met}))
+        .collect();
+    json!({
+        "date": info.date,
+        "mode": info.mode,
+        "command": info.command,
+        "duration_secs": info.secs,
+        "pinning": info.pinning,
+        "machine": {"nproc": m.nproc, "kernel": m.kernel, "cpu_model": m.cpu_model},
+        "throughput": throughput,
+        "latency_rate_msgs_per_sec": r.latency_rate,
+        "latency": latency,
+        "rss": rss,
+        "syscalls": syscalls,
+        "startup": startup,
+        "callgrind": callgrind,
+        "drain": drain,
+        "load_generators": load_generators,
+        "binary_bytes": r.binary_size,
+        "targets": targets,
+        "notes": r.notes,
+    })
 }

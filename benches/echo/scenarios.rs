@@ -82,7 +82,7 @@ impl Ctx {
 pub fn throughput(ctx: &Ctx) -> Vec<Throughput> {
     let mut all = Vec::new();
     for (conns, size) in CONFIGS {
-        say!("\n-- throughput: {conns} connections x {size} B, closed loop");
+        println!("\n-- throughput: {conns} connections x {size} B, closed loop");
         let mut rows: Vec<Throughput> = ctx
             .servers
             .iter()
@@ -100,7 +100,7 @@ pub fn throughput(ctx: &Ctx) -> Vec<Throughput> {
                         print_run(ctx.servers[i].kind, round, &run);
                         rows[i].runs.push(run);
                     }
-                    Err(e) => say!(
+                    Err(e) => println!(
                         "  {:<9} round {}: FAILED: {e}",
                         ctx.servers[i].kind.name(),
                         round + 1
@@ -116,7 +116,7 @@ pub fn throughput(ctx: &Ctx) -> Vec<Throughput> {
 
 fn print_run(kind: Kind, round: usize, run: &Run) {
     let per_m = run.cpu.map(|c| c / run.msgs.max(1) as f64 * 1e6);
-    say!(
+    println!(
         "  {:<9} round {}: {:>9.0} rt/s  server cpu {:>6} s  {:>7} cpu-s/M rt{}",
         kind.name(),
         round + 1,
@@ -137,7 +137,7 @@ fn print_ratios(rows: &[Throughput]) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
             _ => "-".into(),
         };
-        say!(
+        println!(
             "  echod/{:<9} rt/s {:>6}   rt per server-cpu-s {:>6}",
             peer.server.name(),
             ratio(echod.rtps(), peer.rtps()),
@@ -187,7 +187,9 @@ pub fn latency(ctx: &Ctx) -> (Vec<LatencyRow>, f64) {
     // Percentiles are medians over the rounds: one disturbed run must not
     // decide the figure.
     let rounds = if ctx.quick { 1 } else { 3 };
-    say!("\n-- latency: 50 connections x 64 B, open loop at {rate:.0} msgs/s, {secs:?} per run");
+    println!(
+        "\n-- latency: 50 connections x 64 B, open loop at {rate:.0} msgs/s, {secs:?} per run"
+    );
     let mut samples: Vec<Vec<Report>> = vec![Vec::new(); ctx.servers.len()];
     let mut drops = vec![0; ctx.servers.len()];
     for round in 0..rounds {
@@ -196,7 +198,7 @@ pub fn latency(ctx: &Ctx) -> (Vec<LatencyRow>, f64) {
             let watch = Drops::start();
             match latency_run(ctx, server, rate, secs, warmup) {
                 Ok(r) => {
-                    say!(
+                    println!(
                         "  {:<9} round {}: p50 {:>5} us  p99 {:>5} us  p99.9 {:>5} us  ({:.0} msgs/s)",
                         server.kind.name(),
                         round + 1,
@@ -207,7 +209,7 @@ pub fn latency(ctx: &Ctx) -> (Vec<LatencyRow>, f64) {
                     );
                     samples[i].push(r);
                 }
-                Err(e) => say!(
+                Err(e) => println!(
                     "  {:<9} round {}: FAILED: {e}",
                     server.kind.name(),
                     round + 1

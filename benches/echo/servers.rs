@@ -23,7 +23,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Short name used in tables, JSON and the chart.
+    /// Short name used in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Echod => "echod",
@@ -31,17 +31,6 @@ impl Kind {
             Kind::TokioCt => "tokio-ct",
             Kind::TokioMt => "tokio-mt",
             Kind::Mio => "mio",
-        }
-    }
-
-    /// Colour of the server's line in the chart.
-    pub fn colour(self) -> &'static str {
-        match self {
-            Kind::Echod => "#d62728",
-            Kind::C => "#1f77b4",
-            Kind::TokioCt => "#2ca02c",
-            Kind::TokioMt => "#9467bd",
-            Kind::Mio => "#ff7f0e",
         }
     }
 }
@@ -67,7 +56,7 @@ pub fn available(root: &Path) -> Vec<Server> {
             kind: Kind::C,
             path: c_out,
         }),
-        Err(e) => crate::say!("SKIP c-epoll: cannot build it with gcc: {e}"),
+        Err(e) => println!("SKIP c-epoll: cannot build it with gcc: {e}"),
     }
     let release = peers.join("target/release");
     match build_rust_peers(&peers) {
@@ -83,7 +72,7 @@ pub fn available(root: &Path) -> Vec<Server> {
                 });
             }
         }
-        Err(e) => crate::say!("SKIP tokio-ct, tokio-mt, mio, blocking-client: {e}"),
+        Err(e) => println!("SKIP tokio-ct, tokio-mt, mio, blocking-client: {e}"),
     }
     servers
 }
