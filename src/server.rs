@@ -51,8 +51,10 @@ pub struct Stats {
     pub accepted: u64,
     /// Connections that closed on their own after the drain began.
     pub left: u64,
-    /// Connections closed by the server at the deadline or by a forced stop.
+    /// Connections closed by the server at the deadline.
     pub closed_at_deadline: u64,
+    /// Connections closed by a forced stop (a second signal while draining).
+    pub closed_forced: u64,
 }
 
 /// How the server's run ended, returned by [`Server::run`].
@@ -68,8 +70,10 @@ pub struct Summary {
     pub bytes_echoed: u64,
     /// Connections that left on their own during the drain.
     pub left: u64,
-    /// Connections the server closed at the deadline (or at a forced stop).
+    /// Connections the server closed at the deadline.
     pub closed_at_deadline: u64,
+    /// Connections the server closed at a forced stop.
+    pub closed_forced: u64,
 }
 
 /// A bound listener and the address it really got.
@@ -398,7 +402,7 @@ impl Server {
                 State::Draining { .. } => {
                     warn!("second signal while draining: closing every connection now");
                     self.life.force();
-                    self.close_all();
+                    self.close_all(DrainEnd::Forced);
                 }
                 State::Stopped { .. } => {}
             }
@@ -478,19 +482,23 @@ impl Server {
                 self.notifier
                     .on_clock(now, self.conns.len(), Some(remaining));
             }
-            Due::Stop(DrainEnd::Deadline) => self.close_all(),
+            Due::Stop(DrainEnd::Deadline) => self.close_all(DrainEnd::Deadline),
             Due::Stop(_) => {}
         }
     }
 
-    /// Closes every connection now (deadline or forced), reading off queued
-    /// input first so each close sends FIN rather than RST where it can.
-    fn close_all(&mut self) {
+    /// Closes every connection now (`why`: the deadline or a forced stop),
+    /// reading off queued input first so each close sends FIN rather than
+    /// RST where it can.
+    fn close_all(&mut self, why: DrainEnd) {
         for (_, conn) in self.conns.iter_mut() {
             conn.discard_unread(&mut self.ctx.buf);
         }
-        let open = self.conns.len() - self.closing.len();
-        self.stats.closed_at_deadline += open as u64;
+        let open = (self.conns.len() - self.closing.len()) as u64;
+        match why {
+            DrainEnd::Forced => self.stats.closed_forced += open,
+            _ => self.stats.closed_at_deadline += open,
+        }
         // Those already closing left on their own.
         self.stats.left += self.closing.len() as u64;
         self.closing.clear();
@@ -531,6 +539,7 @@ impl Server {
             bytes_echoed: self.ctx.bytes_echoed,
             left: self.stats.left,
             closed_at_deadline: self.stats.closed_at_deadline,
+            closed_forced: self.stats.closed_forced,
         };
         let label = if end == DrainEnd::Forced {
             "drain forced"
@@ -539,8 +548,12 @@ impl Server {
         };
         let reason = reason.map_or_else(|| "none".to_owned(), |r| r.to_string());
         info!(
-            "{label}: reason={reason} end={end} left={} closed_at_deadline={} accepted={} bytes_echoed={}",
-            summary.left, summary.closed_at_deadline, summary.accepted, summary.bytes_echoed
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={}",
+            summary.left,
+            summary.closed_at_deadline,
+            summary.closed_forced,
+            summary.accepted,
+            summary.bytes_echoed
         );
         summary
     }
