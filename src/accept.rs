@@ -24,7 +24,10 @@ const BACKOFF: Duration = Duration::from_millis(100);
 /// At most one descriptor-exhaustion warning per this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Admission state: whether accepting is paused, and why.
+/// Admission state: whether accepting is paused, and why. A time-driven
+/// source of the loop: it answers [`AcceptState::next_wakeup`] and
+/// [`AcceptState::on_clock`] in every state, and once the listeners close
+/// ([`AcceptState::close`]) it is dead and answers `None`.
 #[derive(Debug, Default)]
 pub(crate) struct AcceptState {
     /// At `--max-connections`; cleared (and accepting resumed) when one closes.
@@ -51,6 +54,14 @@ impl AcceptState {
             return true;
         }
         false
+    }
+
+    /// The listeners closed (the drain began): nothing is accepted any more,
+    /// so the back-off ends here and nothing is scheduled again. Without
+    /// this a back-off begun before the drain stayed the nearest deadline and
+    /// the loop woke every 0.5 ms until the end (issue 8).
+    pub(crate) fn close(&mut self) {
+        *self = AcceptState::default();
     }
 
     fn is_backing_off(&self) -> bool {

@@ -269,8 +269,11 @@ impl Server {
         Ok(self.finish())
     }
 
-    /// The nearest instant the loop must wake at, if any. While serving
-    /// with nothing scheduled there is none, so the steady path reads no clock.
+    /// The nearest instant the loop must wake at, if any: every time-driven
+    /// source is asked, in every state, and a source with nothing scheduled,
+    /// or dead (the acceptor once the drain began), answers `None`.
+    /// [`Server::on_clock`] asks the same sources, so the two cannot disagree
+    /// about which source is live (STYLE "Some rules").
     fn next_wakeup(&self) -> Option<Instant> {
         [
             self.life.next_wakeup(),
@@ -283,10 +286,15 @@ impl Server {
     }
 
     /// True when anything time-driven is pending: a drain, an accept
-    /// back-off, a status update. The steady path has none and reads no clock.
+    /// back-off, a status update. While serving with none, the steady path
+    /// reads no clock.
+    ///
+    /// The same sources as [`Server::next_wakeup`], asked one at a time:
+    /// on the steady path (every turn of the loop) that is three compares,
+    /// where computing the minimum costs more.
     #[inline]
     fn has_timers(&self) -> bool {
-        !self.life.is_running()
+        self.life.next_wakeup().is_some()
             || self.accept.next_wakeup().is_some()
             || self.notifier.next_wakeup().is_some()
     }
@@ -463,14 +471,13 @@ impl Server {
         );
     }
 
+    /// Lets every time-driven source of [`Server::next_wakeup`] act on the
+    /// clock, whatever the state: each knows when it has nothing to do.
     fn on_clock(&mut self, now: Instant) {
-        if self.life.is_running() {
-            if self.accept.on_clock(now) {
-                self.resume_accepting();
-            }
-            self.notifier.on_clock(now, self.conns.len(), None);
-            return;
+        if self.accept.on_clock(now) {
+            self.resume_accepting();
         }
+        self.notifier.on_clock(now, self.conns.len(), None);
         match self.life.on_clock(now, self.conns.len()) {
             Due::Nothing => {}
             Due::Countdown(remaining) => {
@@ -510,6 +517,8 @@ impl Server {
             // Closing the socket frees the port at once; new connects are refused.
             let _ = self.poll.registry().deregister(&mut listener.socket);
         }
+        // Nothing is accepted any more: the acceptor's timers die with it.
+        self.accept.close();
     }
 
     fn log_stats(&self) {

@@ -29,6 +29,29 @@ fn raise_own_nofile_limit() {
     }
 }
 
+/// Spawns echod with `args` under a descriptor limit of `nofile`, soft and
+/// hard (echod raises its soft limit to the hard one, so both are set).
+#[track_caller]
+fn spawn_with_nofile(nofile: libc::rlim_t, args: &[&str]) -> Echod {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
+    cmd.args(["--listen", "127.0.0.1:0", "--drain-timeout", "0.5"])
+        .args(args);
+    // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Echod::spawn_command(cmd, 1)
+}
+
 /// True when a read on `conn` returns nothing within `window`. Used only to
 /// show that an echo does NOT arrive (there is no OS event for "not yet").
 fn no_echo_within(conn: &mut TcpStream, window: Duration) -> bool {
@@ -201,30 +224,7 @@ fn max_connections_holds_new_connections_in_the_backlog_until_one_closes() {
 fn descriptor_exhaustion_backs_off_without_spinning_and_recovers() {
     const CONNECTIONS: usize = 40;
     raise_own_nofile_limit();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--drain-timeout",
-        "0.5",
-        "--log-level",
-        "debug",
-    ]);
-    // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
-    // Both limits are 32 because echod raises its soft limit to the hard one.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 32,
-                rlim_max: 32,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut echod = Echod::spawn_command(cmd, 1);
+    let mut echod = spawn_with_nofile(32, &["--log-level", "debug"]);
     let pid = echod.pid();
 
     // All of them connect: the kernel completes handshakes into the backlog.
@@ -449,4 +449,53 @@ fn reaching_the_limit_with_nobody_waiting_logs_no_warning() {
     // A third client does wait: now the warning comes, once.
     let _waiting = echod.connect();
     echod.wait_for_line("connection limit reached", LIMIT);
+}
+
+/// Regression (issue #8): a drain begun while accepting was backing off
+/// after EMFILE kept the back-off's deadline as the loop's nearest wake-up
+/// but never serviced it once draining: the loop woke every 0.5 ms, about
+/// 900 times a second, for the whole drain.
+#[test]
+fn a_drain_begun_during_an_emfile_back_off_does_not_wake_the_loop_continuously() {
+    raise_own_nofile_limit();
+    let mut echod = spawn_with_nofile(32, &["--drain-timeout", "30"]);
+    let pid = echod.pid();
+    let mut conns: Vec<TcpStream> = (0..40).map(|_| echod.connect()).collect();
+    echod.wait_for_line("cannot accept", LIMIT);
+    echod.signal(libc::SIGTERM);
+    echod.wait_for_line("drain started", LIMIT);
+    // A short explicit window (no OS event says "did not wake"): an idle
+    // drain wakes once a second for its countdown; the bug woke ~900 times.
+    let (switches, ticks, window) = (voluntary_switches(pid), cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let wakeups = voluntary_switches(pid) - switches;
+    let used = cpu_ticks(pid) - ticks;
+    let elapsed = window.elapsed();
+    eprintln!("note: {wakeups} wake-ups and {used} CPU ticks in {elapsed:?} of draining");
+    assert!(
+        wakeups < 50,
+        "echod woke {wakeups} times in {elapsed:?} of a drain\nstderr:\n{}",
+        echod.stderr()
+    );
+    // Each wake-up of the bug was cheap (about 3 ticks a second in a debug
+    // build), so this only guards against a true spin.
+    assert!(
+        used < 50,
+        "echod used {used} CPU ticks in {elapsed:?} of a drain\nstderr:\n{}",
+        echod.stderr()
+    );
+    // The drain still ends as usual once the connections it took leave.
+    let mut got_notice = 0;
+    for conn in &mut conns {
+        let mut buf = Vec::new();
+        // Those left in the backlog were reset when the listener closed.
+        if conn.read_to_end(&mut buf).is_ok() && buf == b"SHUTDOWN" {
+            got_notice += 1;
+        }
+    }
+    drop(conns);
+    assert!(got_notice > 0, "no connection got the notice\n{}", echod.stderr());
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+    let last = echod.wait_for_line("drain finished", LIMIT);
+    assert!(last.contains("end=emptied"), "{last}");
 }
