@@ -286,8 +286,8 @@ impl Server {
     }
 
     /// True when anything time-driven is pending: a drain, an accept
-    /// back-off, a status update. While serving with none, the steady path
-    /// reads no clock.
+    /// back-off, a warning's episode, a status update. While serving with
+    /// none, the steady path reads no clock.
     ///
     /// The same sources as [`Server::next_wakeup`], asked one at a time:
     /// on the steady path (every turn of the loop) that is three compares,
@@ -368,10 +368,11 @@ impl Server {
                 .registry()
                 .register(conn.stream_mut(), Token(key), Interest::READABLE)
         {
-            warn!("cannot register connection: peer={peer} error={err}");
+            self.registration_failed(peer, &err);
             return;
         }
         entry.insert(conn);
+        self.registration_succeeded();
         self.stats.accepted += 1;
         self.notifier.connections_changed();
         debug!("connection opened: peer={peer} token={key}");
@@ -474,7 +475,7 @@ impl Server {
     /// Lets every time-driven source of [`Server::next_wakeup`] act on the
     /// clock, whatever the state: each knows when it has nothing to do.
     fn on_clock(&mut self, now: Instant) {
-        if self.accept.on_clock(now) {
+        if self.accept.on_clock(now, self.conns.len()) {
             self.resume_accepting();
         }
         self.notifier.on_clock(now, self.conns.len(), None);

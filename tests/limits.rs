@@ -213,11 +213,14 @@ fn max_connections_holds_new_connections_in_the_backlog_until_one_closes() {
         .read_exact(&mut back)
         .unwrap_or_else(|e| panic!("4th echo did not arrive: {e}\nstderr:\n{}", echod.stderr()));
     assert_eq!(&back, b"fourth");
-    echod.wait_for_line("connection limit cleared", LIMIT);
     // The remaining two are still served.
     for conn in &mut served {
         assert_eq!(round_trip(conn, b"still"), b"still");
     }
+    // The episode ends a second after the limit last cleared, once every
+    // connection has left.
+    drop((served, fourth, extra));
+    echod.wait_for_line("connection limit cleared", LIMIT);
 }
 
 #[test]
@@ -451,6 +454,103 @@ fn reaching_the_limit_with_nobody_waiting_logs_no_warning() {
     echod.wait_for_line("connection limit reached", LIMIT);
 }
 
+/// Runs `clients` threads that each connect, make one round trip and close,
+/// over and over, until `stop` says so; returns the round trips made.
+fn churn(addr: std::net::SocketAddr, clients: usize, stop: impl Fn(usize) -> bool + Sync) -> usize {
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for i in 0..clients {
+            let (made, stop) = (&made, &stop);
+            scope.spawn(move || {
+                let mut round = 0;
+                while !stop(round) {
+                    let mut conn = connect(addr);
+                    let data = random_bytes(64, (i * 1000 + round) as u64);
+                    assert_eq!(
+                        round_trip(&mut conn, &data),
+                        data,
+                        "client {i} round {round}"
+                    );
+                    made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    round += 1;
+                }
+            });
+        }
+    });
+    made.into_inner()
+}
+
+/// Regression (issue #8): the warning came per connect, not per episode:
+/// 30 clients churning through `--max-connections 10` logged 10,469
+/// `reached` and 10,469 `cleared` lines in 5 s. The limit clears and is
+/// reached again with every connection; the episode goes on until the
+/// server has stayed below the limit for a second.
+#[test]
+fn connection_limit_warning_is_said_once_while_clients_churn_through_a_full_server() {
+    const LIMIT_CONNS: usize = 10;
+    const CLIENTS: usize = 30;
+    const ROUNDS: usize = 40;
+    let mut echod = Echod::spawn(&["--max-connections", "10"]);
+    let addr = echod.addr();
+    // Fill the server, so that the churning clients are sure to wait.
+    let mut holders: Vec<TcpStream> = (0..LIMIT_CONNS).map(|_| echod.connect()).collect();
+    for conn in &mut holders {
+        assert_eq!(round_trip(conn, b"hold"), b"hold");
+    }
+    let made = std::thread::scope(|scope| {
+        let churners = scope.spawn(|| churn(addr, CLIENTS, |round| round >= ROUNDS));
+        echod.wait_for_line("connection limit reached", LIMIT);
+        holders.clear();
+        churners.join().expect("churning clients")
+    });
+    assert_eq!(made, CLIENTS * ROUNDS);
+    stats_barrier(&mut echod);
+    let reached = count_lines(&echod, "connection limit reached");
+    // The churn over, the limit stays clear: the episode ends a second later.
+    echod.wait_for_line("connection limit cleared", LIMIT);
+    stats_barrier(&mut echod);
+    let cleared = count_lines(&echod, "connection limit cleared");
+    eprintln!("note: {made} round trips; {reached} `reached`, {cleared} `cleared` lines");
+    // One episode; a stall of a second on a loaded machine may split it.
+    assert!(
+        reached <= 3 && cleared <= 3,
+        "{reached} `reached` and {cleared} `cleared` lines for {made} connects\nstderr:\n{}",
+        echod.stderr()
+    );
+}
+
+/// Regression (issue #8): `cannot accept` (EMFILE) was rate-limited to one
+/// line a second, not said once per episode: clients churning through a
+/// server out of descriptors got a line every second.
+#[test]
+fn descriptor_exhaustion_warning_is_said_once_while_clients_churn() {
+    raise_own_nofile_limit();
+    let mut echod = spawn_with_nofile(32, &[]);
+    let addr = echod.addr();
+    // Connections enough to run out of descriptors, the whole time: a
+    // workload of at least 4 s, for the old once-a-second rate to show.
+    let started = Instant::now();
+    let made = churn(addr, 40, |_| started.elapsed() >= Duration::from_secs(4));
+    let elapsed = started.elapsed();
+    stats_barrier(&mut echod);
+    let warnings = count_lines(&echod, "cannot accept");
+    eprintln!("note: {made} round trips in {elapsed:?}; {warnings} `cannot accept` lines");
+    assert!(
+        warnings >= 1,
+        "40 clients never exhausted 32 descriptors\nstderr:\n{}",
+        echod.stderr()
+    );
+    // The backlog never empties while 40 clients churn through ~28
+    // descriptors, so every retry fails again: one episode.
+    assert!(
+        warnings <= 2,
+        "{warnings} `cannot accept` lines in {elapsed:?} of churn\nstderr:\n{}",
+        echod.stderr()
+    );
+    // The churn over, accepts stop failing: the episode ends a second later.
+    echod.wait_for_line("accepting again", LIMIT);
+}
+
 /// Regression (issue #8): a drain begun while accepting was backing off
 /// after EMFILE kept the back-off's deadline as the loop's nearest wake-up
 /// but never serviced it once draining: the loop woke every 0.5 ms, about
@@ -494,7 +594,11 @@ fn a_drain_begun_during_an_emfile_back_off_does_not_wake_the_loop_continuously()
         }
     }
     drop(conns);
-    assert!(got_notice > 0, "no connection got the notice\n{}", echod.stderr());
+    assert!(
+        got_notice > 0,
+        "no connection got the notice\n{}",
+        echod.stderr()
+    );
     assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
     let last = echod.wait_for_line("drain finished", LIMIT);
     assert!(last.contains("end=emptied"), "{last}");
