@@ -43,7 +43,7 @@ pub struct Config {
     pub max_pending: usize,
     /// The listen backlog passed to `listen(2)` (the kernel caps it at `somaxconn`).
     pub backlog: u32,
-    /// Where to write the PID after binding; removed at exit.
+    /// Where to write the PID after binding; removed at exit if it still holds this PID.
     pub pid_file: Option<PathBuf>,
     /// Log level from `--log-level`; `None` means `RUST_LOG`, else info.
     pub log_level: Option<LevelFilter>,
@@ -161,7 +161,8 @@ Options:
                                 suffixes K, M (KiB, MiB) allowed [default: 256K]
       --backlog N               listen backlog [default: 1024]
       --reuse-port              set SO_REUSEPORT so several processes share the port
-      --pid-file PATH           write the PID here after binding; removed at exit
+      --pid-file PATH           write the PID here after binding (atomically);
+                                removed at exit if it still holds this PID
       --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG]
   -h, --help                    print this help
   -V, --version                 print the version

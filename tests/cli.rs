@@ -357,3 +357,122 @@ fn log_lines_start_with_a_timestamp_and_the_listening_line_names_the_pid() {
         );
     }
 }
+
+/// A fresh, empty directory under the temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = unique_temp_path(name);
+        std::fs::create_dir(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// The names in the directory, sorted.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read temp dir")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Regression (issue #8): the pid file was written with a plain truncating
+/// write into whatever file was at the path. It is now a new file renamed
+/// over the path, so a reader never sees it empty or half written: a hard
+/// link to the old file keeps the old content, and no temporary is left.
+#[test]
+fn pid_file_is_replaced_by_rename_not_rewritten_in_place() {
+    let dir = TempDir::new("pid-atomic");
+    let path = dir.0.join("echod.pid");
+    let old = dir.0.join("old-link");
+    std::fs::write(&path, "999999999\nstale\n").expect("write a stale pid file");
+    std::fs::hard_link(&path, &old).expect("hard link");
+    let mut echod = Echod::spawn(&["--pid-file", path.to_str().expect("utf-8 path")]);
+    let content = std::fs::read_to_string(&path).expect("read pid file");
+    assert_eq!(content, format!("{}\n", echod.pid()), "pid file content");
+    assert_eq!(
+        std::fs::read_to_string(&old).expect("read old link"),
+        "999999999\nstale\n",
+        "the old file was rewritten in place"
+    );
+    assert_eq!(
+        dir.names(),
+        ["echod.pid", "old-link"],
+        "a temporary file was left"
+    );
+    echod.signal(libc::SIGTERM);
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+    assert_eq!(dir.names(), ["old-link"], "the pid file was not removed");
+}
+
+/// Regression (issue #8): a symlink at the pid file's path was followed and
+/// the file it points to truncated and overwritten. `rename` replaces the
+/// symlink itself.
+#[test]
+fn pid_file_never_writes_through_a_symlink_at_its_path() {
+    let dir = TempDir::new("pid-symlink");
+    let path = dir.0.join("echod.pid");
+    let victim = dir.0.join("precious");
+    std::fs::write(&victim, "precious data\n").expect("write victim");
+    std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+    let mut echod = Echod::spawn(&["--pid-file", path.to_str().expect("utf-8 path")]);
+    let meta = std::fs::symlink_metadata(&path).expect("pid file metadata");
+    assert!(
+        meta.file_type().is_file(),
+        "the pid file is not a regular file: {meta:?}"
+    );
+    let content = std::fs::read_to_string(&path).expect("read pid file");
+    assert_eq!(content.trim(), echod.pid().to_string());
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read victim"),
+        "precious data\n",
+        "the symlink's target was written"
+    );
+    echod.signal(libc::SIGTERM);
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+    assert_eq!(
+        dir.names(),
+        ["precious"],
+        "pid file left, or the target removed"
+    );
+}
+
+/// Regression (issue #8): at exit the pid file was removed even when a newer
+/// instance had written its own PID there since: after a `--reuse-port`
+/// hand-over on one path, the new instance was left without a pid file.
+#[test]
+fn an_instance_that_exits_leaves_a_newer_instances_pid_file_in_place() {
+    let dir = TempDir::new("pid-handover");
+    let path = dir.0.join("echod.pid");
+    let path_str = path.to_str().expect("utf-8 path");
+    let mut old = Echod::spawn(&["--reuse-port", "--pid-file", path_str]);
+    let addr = old.addr().to_string();
+    let mut new = Echod::spawn(&["--listen", &addr, "--reuse-port", "--pid-file", path_str]);
+    let read_pid = || std::fs::read_to_string(&path).map(|s| s.trim().to_owned());
+    assert_eq!(read_pid().expect("pid file"), new.pid().to_string());
+
+    old.signal(libc::SIGTERM);
+    assert_eq!(old.wait_exit(LIMIT).code(), Some(0), "{}", old.stderr());
+    assert_eq!(
+        read_pid().expect("the newer instance's pid file is still there"),
+        new.pid().to_string()
+    );
+
+    new.signal(libc::SIGTERM);
+    assert_eq!(new.wait_exit(LIMIT).code(), Some(0), "{}", new.stderr());
+    assert!(dir.names().is_empty(), "left behind: {:?}", dir.names());
+}

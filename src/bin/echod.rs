@@ -6,11 +6,14 @@
 //! in the pipe rather than killing the process with clients in the backlog.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use echod::{Command, Config, Error, Server, SignalWatcher};
 use log::info;
+
+#[path = "echod/pidfile.rs"]
+mod pidfile;
+use pidfile::PidFile;
 
 fn main() -> ExitCode {
     match run() {
@@ -40,7 +43,10 @@ fn run() -> Result<ExitCode, Error> {
     // The pid file comes before the readiness lines: once a script sees
     // `listening on`, the pid file is there to signal.
     let _pid_file = match &config.pid_file {
-        Some(path) => Some(PidFile::write(path, pid)?),
+        Some(path) => Some(PidFile::write(path, pid).map_err(|source| Error::PidFile {
+            path: path.clone(),
+            source,
+        })?),
         None => None,
     };
     for addr in server.local_addrs() {
@@ -59,27 +65,4 @@ fn print_and_exit(text: &str) -> ExitCode {
 fn init_logger(config: &Config) {
     // Only fails if a logger is already installed, which cannot happen here.
     let _ = echod::logging::init(config.log_level);
-}
-
-/// The pid file: written after binding, removed when dropped at exit.
-struct PidFile {
-    path: PathBuf,
-}
-
-impl PidFile {
-    fn write(path: &Path, pid: u32) -> Result<PidFile, Error> {
-        std::fs::write(path, format!("{pid}\n")).map_err(|source| Error::PidFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(PidFile {
-            path: path.to_owned(),
-        })
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
