@@ -133,6 +133,54 @@ fn every_kind_of_bad_argument_exits_2_with_one_line_naming_the_flag() {
     }
 }
 
+/// Regression (issue #8): values out of range or empty were refused with
+/// the wrong reason (`--drain-timeout inf`: "must be zero or more seconds";
+/// `--backlog 4294967296`: "expected a whole number"), refused as a start-up
+/// failure (`--pid-file ''` exited 1), or accepted (an empty notice, which a
+/// client cannot tell from a crash).
+#[test]
+fn out_of_range_and_empty_values_are_usage_errors_that_say_why() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--drain-timeout", "inf"],
+            r#"--drain-timeout "inf": is too large"#,
+        ),
+        (
+            &["--drain-timeout", "1e400"],
+            r#"--drain-timeout "1e400": is too large"#,
+        ),
+        (
+            &["--max-pending", "99999999999999999999G"],
+            r#"--max-pending "99999999999999999999G": is too large"#,
+        ),
+        (
+            &["--backlog", "4294967296"],
+            r#"--backlog "4294967296": is too large"#,
+        ),
+        (&["--pid-file", ""], r#"--pid-file "": must name a file"#),
+        (
+            &["--shutdown-message", ""],
+            r#"--shutdown-message "": must not be empty"#,
+        ),
+    ];
+    for (args, expected) in cases {
+        let outcome = run_to_exit(args);
+        assert_eq!(
+            outcome.status.code(),
+            Some(2),
+            "{args:?}: exit status; stderr:\n{}",
+            outcome.stderr
+        );
+        let lines = outcome.stderr_lines();
+        assert_eq!(lines.len(), 1, "{args:?}: one line:\n{}", outcome.stderr);
+        assert!(
+            lines[0].starts_with(&format!("echod: {expected}")),
+            "{args:?}: {:?} is not `echod: {expected}...`",
+            lines[0]
+        );
+    }
+}
+
 #[test]
 fn address_in_use_exits_1_with_one_line_naming_the_address() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind a port for the test");
