@@ -158,29 +158,42 @@ impl AcceptState {
     }
 }
 
-/// Opens the listeners: the service manager's sockets if `LISTEN_FDS` names
-/// this process, else one per `--listen` address.
-pub(crate) fn open_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
-    if let Some(inherited) =
-        crate::sys::inherited_listeners().map_err(|detail| Error::Inherit { detail })?
-    {
-        let mut listeners = Vec::with_capacity(inherited.len());
-        for std_listener in inherited {
-            let addr = std_listener.local_addr().map_err(|err| Error::Inherit {
-                detail: err.to_string(),
-            })?;
-            info!("using inherited socket: addr={addr}");
-            listeners.push(Listener {
-                socket: TcpListener::from_std(std_listener),
-                addr,
-            });
-        }
-        return Ok(listeners);
-    }
+/// Binds one listener per `--listen` address.
+pub(crate) fn bind_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
     config
         .listen
         .iter()
         .map(|&addr| bind_one(addr, config).map_err(|source| Error::Listen { addr, source }))
+        .collect()
+}
+
+/// Takes listening sockets the caller already has (docs/protocol.md
+/// "Operations": socket activation), learning their addresses.
+pub(crate) fn adopt_listeners(sockets: Vec<std::net::TcpListener>) -> Result<Vec<Listener>, Error> {
+    if sockets.is_empty() {
+        return Err(Error::Inherit {
+            detail: "no listening socket was given".to_owned(),
+        });
+    }
+    let inherit = |what: &str, err: io::Error| Error::Inherit {
+        detail: format!("{what}: {}", crate::error::os_reason(&err)),
+    };
+    sockets
+        .into_iter()
+        .map(|socket| {
+            // mio needs non-blocking sockets; one from an embedder may not be.
+            socket
+                .set_nonblocking(true)
+                .map_err(|err| inherit("cannot make a socket non-blocking", err))?;
+            let addr = socket
+                .local_addr()
+                .map_err(|err| inherit("cannot read a socket's address", err))?;
+            info!("using inherited socket: addr={addr}");
+            Ok(Listener {
+                socket: TcpListener::from_std(socket),
+                addr,
+            })
+        })
         .collect()
 }
 

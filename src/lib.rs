@@ -5,7 +5,8 @@
 //! one file:
 //!
 //! - [`config`]: [`Config`], its defaults and validation, and echod's command line.
-//! - [`server`]: [`Server::bind`] and [`Server::run`]: the one `Poll`, tokens, dispatch.
+//! - [`server`]: [`Server::bind`] (or [`Server::from_listeners`]) and [`Server::run`]:
+//!   the one `Poll`, tokens, dispatch.
 //! - `accept.rs`: listeners, admission at `--max-connections`, `EMFILE` back-off.
 //! - [`connection`]: one socket, its unsent bytes and phase; the echo and notice steps.
 //! - [`drain`]: the `Running -> Draining -> Stopped` state machine, pure and clock-free.

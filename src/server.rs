@@ -137,22 +137,49 @@ pub struct Server {
 }
 
 impl Server {
-    /// Creates the `Poll`, binds every `--listen` address (or takes the
-    /// sockets a service manager passed) and registers them. Nothing is
-    /// accepted until [`Server::run`].
+    /// Creates the `Poll`, binds every `--listen` address and registers
+    /// them. Nothing is accepted until [`Server::run`].
     ///
     /// # Errors
     ///
     /// [`Error::Usage`] for an invalid config, [`Error::Listen`] when an
-    /// address cannot be bound, [`Error::Inherit`] for unusable inherited
-    /// sockets, [`Error::Setup`] when the `Poll` or waker cannot be created.
+    /// address cannot be bound, [`Error::Setup`] when the `Poll` or waker
+    /// cannot be created.
     ///
     /// # Notes
     ///
-    /// Raises the soft `RLIMIT_NOFILE` to the hard limit. With `LISTEN_PID`
-    /// naming this process and `LISTEN_FDS` set, `--listen` is ignored.
+    /// Raises the soft `RLIMIT_NOFILE` to the hard limit.
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate()?;
+        let listeners = crate::accept::bind_listeners(&config)?;
+        Server::new(config, listeners)
+    }
+
+    /// Like [`Server::bind`], but serves listening sockets the caller
+    /// already has (a service manager's, from
+    /// [`crate::sys::inherited_listeners`]) instead of binding
+    /// `config.listen`, which becomes their addresses.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Inherit`] when there is no socket or one has no address,
+    /// [`Error::Usage`] for an invalid config, [`Error::Setup`] when the
+    /// `Poll` or waker cannot be created.
+    ///
+    /// # Notes
+    ///
+    /// Raises the soft `RLIMIT_NOFILE` to the hard limit.
+    pub fn from_listeners(
+        mut config: Config,
+        sockets: Vec<std::net::TcpListener>,
+    ) -> Result<Server, Error> {
+        let listeners = crate::accept::adopt_listeners(sockets)?;
+        config.listen = listeners.iter().map(|l| l.addr).collect();
+        config.validate()?;
+        Server::new(config, listeners)
+    }
+
+    fn new(config: Config, mut listeners: Vec<Listener>) -> Result<Server, Error> {
         match crate::sys::raise_nofile_limit() {
             Ok(limit) => debug!("descriptor limit: nofile={limit}"),
             Err(err) => warn!("cannot raise descriptor limit: {err}"),
@@ -160,7 +187,6 @@ impl Server {
         let setup = |what| move |source| Error::Setup { what, source };
         let poll = Poll::new().map_err(setup("the event loop"))?;
         let waker = Waker::new(poll.registry(), WAKER_TOKEN).map_err(setup("the waker"))?;
-        let mut listeners = crate::accept::open_listeners(&config)?;
         for (index, listener) in listeners.iter_mut().enumerate() {
             poll.registry()
                 .register(

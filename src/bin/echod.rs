@@ -1,5 +1,5 @@
-//! The `echod` binary: argv -> Config -> logger -> signals -> bind -> pid
-//! file -> run -> exit status (SPEC "Command line").
+//! The `echod` binary: inherited sockets -> argv -> Config -> logger ->
+//! signals -> bind -> pid file -> run -> exit status (SPEC "Command line").
 //!
 //! Everything else lives in the library. Signal handlers go in before the
 //! listeners are created, so a signal that arrives during start-up is queued
@@ -27,6 +27,11 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<ExitCode, Error> {
+    // docs/protocol.md "Operations": a service manager's sockets are fd 3
+    // onwards. Take them before anything opens a descriptor: with fd 3
+    // missing, our own signal pipe would become fd 3 and be taken for one.
+    // A usage error still comes first, though.
+    let inherited = echod::sys::inherited_listeners();
     let config = match echod::config::parse_args(std::env::args_os().skip(1))? {
         Command::Run(config) => config,
         Command::Help => return Ok(print_and_exit(echod::config::HELP)),
@@ -35,9 +40,13 @@ fn run() -> Result<ExitCode, Error> {
             return Ok(print_and_exit(&version));
         }
     };
+    let inherited = inherited.map_err(|detail| Error::Inherit { detail })?;
     init_logger(&config);
     let watcher = SignalWatcher::install(config.pid_file.as_deref())?;
-    let mut server = Server::bind(config.clone())?;
+    let mut server = match inherited {
+        Some(sockets) => Server::from_listeners(config.clone(), sockets)?,
+        None => Server::bind(config.clone())?,
+    };
     server.watch_signals(watcher)?;
     let pid = std::process::id();
     // The pid file comes before the readiness lines: once a script sees
