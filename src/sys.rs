@@ -208,7 +208,7 @@ pub fn register_escalation(
 ///
 /// The variables are left as they are: a child has another PID, so
 /// `LISTEN_PID` never names it. Each socket is made close-on-exec and
-/// non-blocking.
+/// non-blocking. The descriptors are taken once: a later call answers `None`.
 ///
 /// # Errors
 ///
@@ -231,7 +231,9 @@ pub fn inherited_listeners() -> Result<Option<Vec<std::net::TcpListener>>, Strin
         .ok()
         .and_then(|count| FIRST.checked_add(count))
         .ok_or_else(|| format!("LISTEN_FDS \"{count}\": too many descriptors"))?;
-    if count == 0 {
+    // Two owners of one descriptor would close it twice.
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if count == 0 || TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(None);
     }
     (FIRST..end)
@@ -262,8 +264,9 @@ fn take_listener(fd: i32, count: u32) -> Result<std::net::TcpListener, String> {
         return Err(format!("fd {fd} is not open (LISTEN_FDS={count})"));
     }
     // SAFETY: `fd` is open, and LISTEN_PID named this process, so the service
-    // manager passed it to us; nothing else in the process owns it, since
-    // this runs before anything else opens or takes a descriptor.
+    // manager passed it to us; this is its one owner: `inherited_listeners`
+    // takes the descriptors once (TAKEN), and its callers take them before
+    // anything else in the process opens or adopts a descriptor.
     let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
     if let Err(why) = check_tcp_listener(&socket) {
         // Give the descriptor back untouched: it is not ours to close.
