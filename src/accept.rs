@@ -16,41 +16,141 @@ use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
+use crate::episode::{Episode, QUIET, earliest};
 use crate::error::Error;
 use crate::server::{Listener, Server};
 
-/// How long accepting pauses after `EMFILE`/`ENFILE`.
+/// How long accepting pauses after `EMFILE`/`ENFILE` (or another accept error).
 const BACKOFF: Duration = Duration::from_millis(100);
-/// At most one descriptor-exhaustion warning per this interval.
-const WARN_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Admission state: whether accepting is paused, and why.
+/// Admission state: whether accepting is paused, why, and the episodes of
+/// its warnings. A time-driven source of the loop: it answers
+/// [`AcceptState::next_wakeup`] and [`AcceptState::on_clock`] in every
+/// state, and once the listeners close ([`AcceptState::close`]) it is dead
+/// and answers `None`. Every change goes through a method here, which
+/// keeps `next` up to date.
 #[derive(Debug, Default)]
 pub(crate) struct AcceptState {
     /// At `--max-connections`; cleared (and accepting resumed) when one closes.
     at_limit: bool,
-    /// The limit warning was logged in this episode (a client was seen waiting).
-    limit_warned: bool,
-    /// Accepting pauses until then after descriptor exhaustion.
+    /// The `connection limit reached` warning: opened when a client is seen
+    /// waiting at the limit, kept while the server keeps reaching the limit,
+    /// ended after a second below it.
+    limit: Episode,
+    /// Accepting pauses until then after an accept error.
     backoff_until: Option<Instant>,
-    /// Last exhaustion warning, for the once-a-second limit.
-    last_warning: Option<Instant>,
+    /// The `cannot accept` warning: opened by a failed accept, kept while
+    /// accepts keep failing, ended after a second without a failure.
+    failing: Episode,
+    /// The `cannot register connection` warning, like `failing`.
+    unregistered: Episode,
+    /// The earliest of the back-off's and the episodes' ends, kept by
+    /// [`AcceptState::schedule`] after every change: the loop asks for it on
+    /// every turn, and a stored answer costs the steady path one compare.
+    next: Option<Instant>,
 }
 
 impl AcceptState {
-    /// When the back-off ends, for the poll timeout.
+    /// The nearest instant [`AcceptState::on_clock`] has something to do:
+    /// the back-off's end or an episode's end.
+    #[inline]
     pub(crate) fn next_wakeup(&self) -> Option<Instant> {
-        self.backoff_until
+        self.next
     }
 
-    /// Ends the back-off when its time has come; true when accepting should
-    /// be retried now.
-    pub(crate) fn on_clock(&mut self, now: Instant) -> bool {
-        if self.backoff_until.is_some_and(|until| now >= until) {
-            self.backoff_until = None;
-            return true;
+    /// Ends the back-off and the episodes whose time has come, saying so
+    /// for the episodes; true when accepting should be retried now.
+    pub(crate) fn on_clock(&mut self, now: Instant, connections: usize) -> bool {
+        if self.limit.on_clock(now) {
+            info!("connection limit cleared: connections={connections}");
         }
-        false
+        if self.failing.on_clock(now) {
+            info!("accepting again: no accept error for {}s", QUIET.as_secs());
+        }
+        if self.unregistered.on_clock(now) {
+            info!(
+                "registering connections again: no failure for {}s",
+                QUIET.as_secs()
+            );
+        }
+        let retry = self.backoff_until.is_some_and(|until| now >= until);
+        if retry {
+            self.backoff_until = None;
+        }
+        self.schedule();
+        retry
+    }
+
+    /// The listeners closed (the drain began): nothing is accepted any more,
+    /// so the back-off and the episodes end here, silently, and nothing is
+    /// scheduled again. Without this a back-off begun before the drain stayed
+    /// the nearest deadline and the loop woke every 0.5 ms until the end
+    /// (issue 8).
+    pub(crate) fn close(&mut self) {
+        *self = AcceptState::default();
+    }
+
+    /// The server is at the limit; `client_waiting` when a client was seen
+    /// waiting (a listener event), not merely reached by our own accepts.
+    /// True when the warning is to be said.
+    fn reached_limit(&mut self, client_waiting: bool) -> bool {
+        self.at_limit = true;
+        let warn = if client_waiting {
+            self.limit.seen()
+        } else {
+            self.limit.holds();
+            false
+        };
+        self.schedule();
+        warn
+    }
+
+    /// The server went below the limit.
+    fn left_limit(&mut self) {
+        self.at_limit = false;
+        self.limit.gone(Instant::now);
+        self.schedule();
+    }
+
+    /// An accept failed: pause. True when the warning is to be said.
+    fn failed(&mut self) -> bool {
+        self.backoff_until = Some(Instant::now() + BACKOFF);
+        let warn = self.failing.seen();
+        self.schedule();
+        warn
+    }
+
+    /// An accept did not fail (a connection, or an empty backlog).
+    #[inline]
+    fn did_not_fail(&mut self) {
+        if self.failing.is_open() {
+            self.failing.gone(Instant::now);
+            self.schedule();
+        }
+    }
+
+    /// Registering a connection failed. True when the warning is to be said.
+    fn registration_failed(&mut self) -> bool {
+        let warn = self.unregistered.seen();
+        self.schedule();
+        warn
+    }
+
+    /// A connection was registered.
+    #[inline]
+    fn registered(&mut self) {
+        if self.unregistered.is_open() {
+            self.unregistered.gone(Instant::now);
+            self.schedule();
+        }
+    }
+
+    fn schedule(&mut self) {
+        let episodes = earliest(
+            self.limit.next_wakeup(),
+            earliest(self.failing.next_wakeup(), self.unregistered.next_wakeup()),
+        );
+        self.next = earliest(self.backoff_until, episodes);
     }
 
     fn is_backing_off(&self) -> bool {
@@ -58,29 +158,42 @@ impl AcceptState {
     }
 }
 
-/// Opens the listeners: the service manager's sockets if `LISTEN_FDS` names
-/// this process, else one per `--listen` address.
-pub(crate) fn open_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
-    if let Some(inherited) =
-        crate::sys::inherited_listeners().map_err(|detail| Error::Inherit { detail })?
-    {
-        let mut listeners = Vec::with_capacity(inherited.len());
-        for std_listener in inherited {
-            let addr = std_listener.local_addr().map_err(|err| Error::Inherit {
-                detail: err.to_string(),
-            })?;
-            info!("using inherited socket: addr={addr}");
-            listeners.push(Listener {
-                socket: TcpListener::from_std(std_listener),
-                addr,
-            });
-        }
-        return Ok(listeners);
-    }
+/// Binds one listener per `--listen` address.
+pub(crate) fn bind_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
     config
         .listen
         .iter()
         .map(|&addr| bind_one(addr, config).map_err(|source| Error::Listen { addr, source }))
+        .collect()
+}
+
+/// Takes listening sockets the caller already has (docs/protocol.md
+/// "Operations": socket activation), learning their addresses.
+pub(crate) fn adopt_listeners(sockets: Vec<std::net::TcpListener>) -> Result<Vec<Listener>, Error> {
+    if sockets.is_empty() {
+        return Err(Error::Inherit {
+            detail: "no listening socket was given".to_owned(),
+        });
+    }
+    let inherit = |what: &str, err: io::Error| Error::Inherit {
+        detail: format!("{what}: {}", crate::error::os_reason(&err)),
+    };
+    sockets
+        .into_iter()
+        .map(|socket| {
+            // mio needs non-blocking sockets; one from an embedder may not be.
+            socket
+                .set_nonblocking(true)
+                .map_err(|err| inherit("cannot make a socket non-blocking", err))?;
+            let addr = socket
+                .local_addr()
+                .map_err(|err| inherit("cannot read a socket's address", err))?;
+            info!("using inherited socket: addr={addr}");
+            Ok(Listener {
+                socket: TcpListener::from_std(socket),
+                addr,
+            })
+        })
         .collect()
 }
 
@@ -107,14 +220,17 @@ fn bind_one(addr: SocketAddr, config: &Config) -> io::Result<Listener> {
 
 impl Server {
     /// Accepts from listener `index` until the backlog is empty, the
-    /// connection limit is reached (only while running) or descriptors run out.
+    /// connection limit is reached (only while running) or accepting fails.
     ///
     /// At the limit, accepting stops until a connection closes; new clients
-    /// wait in the kernel backlog. The warning is logged once per episode,
-    /// when a client is seen waiting, not merely because the limit was reached.
-    /// On `EMFILE`/`ENFILE` it warns at most once a second and pauses for
-    /// [`BACKOFF`]: the loop keeps serving, and it does not spin, because the
-    /// edge-triggered listener does not report the waiting clients again.
+    /// wait in the kernel backlog. The warning is said once per episode: when
+    /// a client is first seen waiting, not merely because the limit was
+    /// reached, and not again until the server has stayed below the limit for
+    /// a second (docs/protocol.md "Logs and notifications are best effort").
+    /// On `EMFILE`/`ENFILE` (or any other error that is not one client's)
+    /// it pauses for [`BACKOFF`], warning once per episode of failures: the
+    /// loop keeps serving, and it does not spin, because the edge-triggered
+    /// listener does not report the waiting clients again.
     pub(crate) fn accept_ready(&mut self, index: usize) {
         let running = self.life.is_running();
         if running && self.accept.is_backing_off() {
@@ -125,9 +241,7 @@ impl Server {
         let mut client_waiting = true;
         loop {
             if running && self.conns.len() >= self.config.max_connections {
-                self.accept.at_limit = true;
-                if client_waiting && !self.accept.limit_warned {
-                    self.accept.limit_warned = true;
+                if self.accept.reached_limit(client_waiting) {
                     warn!(
                         "connection limit reached: max_connections={}; new connections wait in the backlog",
                         self.config.max_connections
@@ -141,22 +255,23 @@ impl Server {
             };
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
+                    self.accept.did_not_fail();
                     // Echo replies are written as soon as the bytes arrive;
                     // Nagle would hold a small echo behind an unacknowledged one.
                     let _ = stream.set_nodelay(true);
                     self.admit(stream, peer);
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) if crate::sys::is_resource_exhausted(&err) => {
-                    self.back_off(&err);
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept.did_not_fail();
                     return;
                 }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 // The client gave up between SYN and accept: nothing to do.
                 Err(err) if is_per_connection(&err) => debug!("accept: {err}"),
+                // Descriptor exhaustion (retrying at once would spin) or worse.
                 Err(err) => {
-                    warn!("accept failed: listener={} error={err}", listener.addr);
-                    self.back_off(&err);
+                    let addr = listener.addr;
+                    self.back_off(addr, &err);
                     return;
                 }
             }
@@ -169,27 +284,37 @@ impl Server {
             if self.conns.len() >= self.config.max_connections {
                 return;
             }
-            self.accept.at_limit = false;
-            if std::mem::take(&mut self.accept.limit_warned) {
-                info!("connection limit cleared: connections={}", self.conns.len());
-            }
+            // The "cleared" line waits for a second below the limit: with
+            // clients churning through a full server the limit clears and
+            // is reached again on every connection (issue 8).
+            self.accept.left_limit();
         }
         for index in 0..self.listeners.len() {
             self.accept_ready(index);
         }
     }
 
-    fn back_off(&mut self, err: &io::Error) {
-        let now = Instant::now();
-        self.accept.backoff_until = Some(now + BACKOFF);
-        let due = self
-            .accept
-            .last_warning
-            .is_none_or(|last| now.duration_since(last) >= WARN_INTERVAL);
-        if due {
-            self.accept.last_warning = Some(now);
+    /// A connection accepted but not registered with the `Poll` (it is
+    /// closed): warned once per episode of such failures.
+    pub(crate) fn registration_failed(&mut self, peer: SocketAddr, err: &io::Error) {
+        if self.accept.registration_failed() {
             warn!(
-                "cannot accept: {}; pausing accepts for {}ms, open connections are still served",
+                "cannot register connection: peer={peer} error={}; such connections are closed",
+                crate::error::os_reason(err)
+            );
+        }
+    }
+
+    /// A connection was registered: an episode of registration failures may end.
+    #[inline]
+    pub(crate) fn registration_succeeded(&mut self) {
+        self.accept.registered();
+    }
+
+    fn back_off(&mut self, listener: SocketAddr, err: &io::Error) {
+        if self.accept.failed() {
+            warn!(
+                "cannot accept: listener={listener} error={}; pausing accepts for {}ms at a time, open connections are still served",
                 crate::error::os_reason(err),
                 BACKOFF.as_millis()
             );

@@ -43,7 +43,7 @@ pub struct Config {
     pub max_pending: usize,
     /// The listen backlog passed to `listen(2)` (the kernel caps it at `somaxconn`).
     pub backlog: u32,
-    /// Where to write the PID after binding; removed at exit.
+    /// Where to write the PID after binding; removed at exit if it still holds this PID.
     pub pid_file: Option<PathBuf>,
     /// Log level from `--log-level`; `None` means `RUST_LOG`, else info.
     pub log_level: Option<LevelFilter>,
@@ -99,6 +99,14 @@ impl Config {
                 "must be 1 to 2147483647",
             ));
         }
+        // docs/protocol.md "Command line": a client tells a drain from a
+        // crash by the notice before end-of-stream; an empty one says nothing.
+        if self.shutdown_message.is_empty() {
+            return Err(UsageError::empty(
+                "--shutdown-message",
+                "must not be empty: clients tell a drain from a crash by it",
+            ));
+        }
         Ok(())
     }
 }
@@ -131,6 +139,13 @@ impl UsageError {
         UsageError { message }
     }
 
+    /// An empty value where one is needed: `--flag "": why`.
+    fn empty(flag: &str, why: &str) -> Self {
+        UsageError {
+            message: format!("{flag} \"\": {why}"),
+        }
+    }
+
     fn plain(message: String) -> Self {
         UsageError { message }
     }
@@ -155,13 +170,14 @@ Options:
                                 (port 0 picks a free port; the log says which)
       --drain-timeout SECS      how long a drain may last, fractions allowed;
                                 0 = write what the kernel takes at once, then close [default: 5]
-      --shutdown-message TEXT   the notice sent to every connection on drain [default: SHUTDOWN]
+      --shutdown-message TEXT   the notice sent to every connection on drain, not empty [default: SHUTDOWN]
       --max-connections N       connections served at once [default: 10000]
       --max-pending BYTES       unsent echo bytes per connection before reading pauses;
                                 suffixes K, M (KiB, MiB) allowed [default: 256K]
       --backlog N               listen backlog [default: 1024]
       --reuse-port              set SO_REUSEPORT so several processes share the port
-      --pid-file PATH           write the PID here after binding; removed at exit
+      --pid-file PATH           write the PID here after binding (atomically);
+                                removed at exit if it still holds this PID
       --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG]
   -h, --help                    print this help
   -V, --version                 print the version
@@ -222,7 +238,11 @@ where
                 config.backlog = parse_count("--backlog", &value)?;
             }
             Long("pid-file") => {
-                config.pid_file = Some(PathBuf::from(parser.value().map_err(lexopt_error)?));
+                let value = parser.value().map_err(lexopt_error)?;
+                if value.is_empty() {
+                    return Err(UsageError::empty("--pid-file", "must name a file"));
+                }
+                config.pid_file = Some(PathBuf::from(value));
             }
             Long("log-level") => {
                 let value = string_value(&mut parser, "--log-level")?;
@@ -284,21 +304,36 @@ fn parse_listen(value: &str) -> Result<Vec<SocketAddr>, UsageError> {
 }
 
 fn parse_seconds(flag: &str, value: &str) -> Result<Duration, UsageError> {
-    let secs: f64 = value
-        .trim()
-        .parse()
-        .map_err(|_| UsageError::new(flag, value, "expected seconds, e.g. 5 or 0.5"))?;
-    if !secs.is_finite() || secs < 0.0 {
+    let expected = || UsageError::new(flag, value, "expected seconds, e.g. 5 or 0.5");
+    // `f64` parsing takes "inf" and "NaN", and turns "1e400" into infinity.
+    let secs: f64 = value.trim().parse().map_err(|_| expected())?;
+    if secs.is_nan() {
+        return Err(expected());
+    }
+    if secs < 0.0 {
         return Err(UsageError::new(flag, value, "must be zero or more seconds"));
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| UsageError::new(flag, value, "is too large"))
+    Duration::try_from_secs_f64(secs).map_err(|_| too_large(flag, value))
 }
 
-fn parse_count<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, UsageError> {
+fn too_large(flag: &str, value: &str) -> UsageError {
+    UsageError::new(flag, value, "is too large")
+}
+
+fn parse_count<T>(flag: &str, value: &str) -> Result<T, UsageError>
+where
+    T: std::str::FromStr<Err = std::num::ParseIntError>,
+{
     value
         .trim()
         .parse()
-        .map_err(|_| UsageError::new(flag, value, "expected a whole number"))
+        .map_err(|err: std::num::ParseIntError| {
+            if *err.kind() == std::num::IntErrorKind::PosOverflow {
+                too_large(flag, value)
+            } else {
+                UsageError::new(flag, value, "expected a whole number")
+            }
+        })
 }
 
 /// Parses a byte count with an optional binary suffix: `4096`, `256K`, `1M`, `1MiB`.
@@ -321,12 +356,16 @@ fn parse_bytes(flag: &str, value: &str) -> Result<usize, UsageError> {
             ));
         }
     };
-    let count: usize = digits
-        .parse()
-        .map_err(|_| UsageError::new(flag, value, "expected bytes, e.g. 262144 or 256K"))?;
+    let count: usize = digits.parse().map_err(|err: std::num::ParseIntError| {
+        if *err.kind() == std::num::IntErrorKind::PosOverflow {
+            too_large(flag, value)
+        } else {
+            UsageError::new(flag, value, "expected bytes, e.g. 262144 or 256K")
+        }
+    })?;
     count
         .checked_mul(multiplier)
-        .ok_or_else(|| UsageError::new(flag, value, "is too large"))
+        .ok_or_else(|| too_large(flag, value))
 }
 
 fn parse_level(value: &str) -> Result<LevelFilter, UsageError> {
@@ -429,7 +468,40 @@ mod tests {
             ),
             (
                 &["--drain-timeout", "NaN"],
-                "--drain-timeout \"NaN\": must be zero or more",
+                "--drain-timeout \"NaN\": expected seconds",
+            ),
+            (
+                &["--drain-timeout", "inf"],
+                "--drain-timeout \"inf\": is too large",
+            ),
+            (
+                &["--drain-timeout", "1e400"],
+                "--drain-timeout \"1e400\": is too large",
+            ),
+            (
+                &["--drain-timeout", "-inf"],
+                "--drain-timeout \"-inf\": must be zero or more seconds",
+            ),
+            (
+                &["--max-pending", "99999999999999999999G"],
+                "--max-pending \"99999999999999999999G\": is too large",
+            ),
+            (
+                &["--max-pending", "99999999999G"],
+                "--max-pending \"99999999999G\": is too large",
+            ),
+            (
+                &["--backlog", "4294967296"],
+                "--backlog \"4294967296\": is too large",
+            ),
+            (
+                &["--max-connections", "99999999999999999999"],
+                "--max-connections \"99999999999999999999\": is too large",
+            ),
+            (&["--pid-file", ""], "--pid-file \"\": must name a file"),
+            (
+                &["--shutdown-message", ""],
+                "--shutdown-message \"\": must not be empty",
             ),
             (
                 &["--max-connections", "0"],
@@ -479,8 +551,12 @@ mod tests {
     }
 
     #[test]
-    fn byte_sizes_overflowing_are_refused() {
-        let err = run(&["--max-pending", "99999999999999999999G"]).unwrap_err();
-        assert!(err.contains("--max-pending"), "{err}");
+    fn an_embedder_cannot_set_an_empty_notice() {
+        let config = Config {
+            shutdown_message: Vec::new(),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("--shutdown-message"), "{err}");
     }
 }

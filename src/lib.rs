@@ -6,10 +6,12 @@
 //! one file:
 //!
 //! - [`config`]: [`Config`], its defaults and validation, and echod's command line.
-//! - [`server`]: [`Server::bind`] and [`Server::run`]: the one `Poll`, tokens, dispatch.
+//! - [`server`]: [`Server::bind`] (or [`Server::from_listeners`]) and [`Server::run`]:
+//!   the one `Poll`, tokens, dispatch.
 //! - `accept.rs`: listeners, admission at `--max-connections`, `EMFILE` back-off.
 //! - [`connection`]: one socket, its unsent bytes and phase; the echo and notice steps.
 //! - [`drain`]: the `Running -> Draining -> Stopped` state machine, pure and clock-free.
+//! - `episode.rs`: when a repeatable warning is said (once per episode), pure and clock-free.
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
 //! - [`notify`]: systemd readiness and status.
@@ -37,6 +39,7 @@ mod accept;
 pub mod config;
 pub mod connection;
 pub mod drain;
+mod episode;
 pub mod error;
 pub mod logging;
 pub mod notify;

@@ -51,8 +51,10 @@ pub struct Stats {
     pub accepted: u64,
     /// Connections that closed on their own after the drain began.
     pub left: u64,
-    /// Connections closed by the server at the deadline or by a forced stop.
+    /// Connections closed by the server at the deadline.
     pub closed_at_deadline: u64,
+    /// Connections closed by a forced stop (a second signal while draining).
+    pub closed_forced: u64,
 }
 
 /// How the server's run ended, returned by [`Server::run`].
@@ -68,8 +70,10 @@ pub struct Summary {
     pub bytes_echoed: u64,
     /// Connections that left on their own during the drain.
     pub left: u64,
-    /// Connections the server closed at the deadline (or at a forced stop).
+    /// Connections the server closed at the deadline.
     pub closed_at_deadline: u64,
+    /// Connections the server closed at a forced stop.
+    pub closed_forced: u64,
 }
 
 /// A bound listener and the address it really got.
@@ -133,22 +137,49 @@ pub struct Server {
 }
 
 impl Server {
-    /// Creates the `Poll`, binds every `--listen` address (or takes the
-    /// sockets a service manager passed) and registers them. Nothing is
-    /// accepted until [`Server::run`].
+    /// Creates the `Poll`, binds every `--listen` address and registers
+    /// them. Nothing is accepted until [`Server::run`].
     ///
     /// # Errors
     ///
     /// [`Error::Usage`] for an invalid config, [`Error::Listen`] when an
-    /// address cannot be bound, [`Error::Inherit`] for unusable inherited
-    /// sockets, [`Error::Setup`] when the `Poll` or waker cannot be created.
+    /// address cannot be bound, [`Error::Setup`] when the `Poll` or waker
+    /// cannot be created.
     ///
     /// # Notes
     ///
-    /// Raises the soft `RLIMIT_NOFILE` to the hard limit. With `LISTEN_PID`
-    /// naming this process and `LISTEN_FDS` set, `--listen` is ignored.
+    /// Raises the soft `RLIMIT_NOFILE` to the hard limit.
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate()?;
+        let listeners = crate::accept::bind_listeners(&config)?;
+        Server::new(config, listeners)
+    }
+
+    /// Like [`Server::bind`], but serves listening sockets the caller
+    /// already has (a service manager's, from
+    /// [`crate::sys::inherited_listeners`]) instead of binding
+    /// `config.listen`, which becomes their addresses.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Inherit`] when there is no socket or one has no address,
+    /// [`Error::Usage`] for an invalid config, [`Error::Setup`] when the
+    /// `Poll` or waker cannot be created.
+    ///
+    /// # Notes
+    ///
+    /// Raises the soft `RLIMIT_NOFILE` to the hard limit.
+    pub fn from_listeners(
+        mut config: Config,
+        sockets: Vec<std::net::TcpListener>,
+    ) -> Result<Server, Error> {
+        let listeners = crate::accept::adopt_listeners(sockets)?;
+        config.listen = listeners.iter().map(|l| l.addr).collect();
+        config.validate()?;
+        Server::new(config, listeners)
+    }
+
+    fn new(config: Config, mut listeners: Vec<Listener>) -> Result<Server, Error> {
         match crate::sys::raise_nofile_limit() {
             Ok(limit) => debug!("descriptor limit: nofile={limit}"),
             Err(err) => warn!("cannot raise descriptor limit: {err}"),
@@ -156,7 +187,6 @@ impl Server {
         let setup = |what| move |source| Error::Setup { what, source };
         let poll = Poll::new().map_err(setup("the event loop"))?;
         let waker = Waker::new(poll.registry(), WAKER_TOKEN).map_err(setup("the waker"))?;
-        let mut listeners = crate::accept::open_listeners(&config)?;
         for (index, listener) in listeners.iter_mut().enumerate() {
             poll.registry()
                 .register(
@@ -265,8 +295,11 @@ impl Server {
         Ok(self.finish())
     }
 
-    /// The nearest instant the loop must wake at, if any. While serving
-    /// with nothing scheduled there is none, so the steady path reads no clock.
+    /// The nearest instant the loop must wake at, if any: every time-driven
+    /// source is asked, in every state, and a source with nothing scheduled,
+    /// or dead (the acceptor once the drain began), answers `None`.
+    /// [`Server::on_clock`] asks the same sources, so the two cannot disagree
+    /// about which source is live (STYLE "Some rules").
     fn next_wakeup(&self) -> Option<Instant> {
         [
             self.life.next_wakeup(),
@@ -279,10 +312,15 @@ impl Server {
     }
 
     /// True when anything time-driven is pending: a drain, an accept
-    /// back-off, a status update. The steady path has none and reads no clock.
+    /// back-off, a warning's episode, a status update. While serving with
+    /// none, the steady path reads no clock.
+    ///
+    /// The same sources as [`Server::next_wakeup`], asked one at a time:
+    /// on the steady path (every turn of the loop) that is three compares,
+    /// where computing the minimum costs more.
     #[inline]
     fn has_timers(&self) -> bool {
-        !self.life.is_running()
+        self.life.next_wakeup().is_some()
             || self.accept.next_wakeup().is_some()
             || self.notifier.next_wakeup().is_some()
     }
@@ -356,10 +394,11 @@ impl Server {
                 .registry()
                 .register(conn.stream_mut(), Token(key), Interest::READABLE)
         {
-            warn!("cannot register connection: peer={peer} error={err}");
+            self.registration_failed(peer, &err);
             return;
         }
         entry.insert(conn);
+        self.registration_succeeded();
         self.stats.accepted += 1;
         self.notifier.connections_changed();
         debug!("connection opened: peer={peer} token={key}");
@@ -398,7 +437,7 @@ impl Server {
                 State::Draining { .. } => {
                     warn!("second signal while draining: closing every connection now");
                     self.life.force();
-                    self.close_all();
+                    self.close_all(DrainEnd::Forced);
                 }
                 State::Stopped { .. } => {}
             }
@@ -459,14 +498,13 @@ impl Server {
         );
     }
 
+    /// Lets every time-driven source of [`Server::next_wakeup`] act on the
+    /// clock, whatever the state: each knows when it has nothing to do.
     fn on_clock(&mut self, now: Instant) {
-        if self.life.is_running() {
-            if self.accept.on_clock(now) {
-                self.resume_accepting();
-            }
-            self.notifier.on_clock(now, self.conns.len(), None);
-            return;
+        if self.accept.on_clock(now, self.conns.len()) {
+            self.resume_accepting();
         }
+        self.notifier.on_clock(now, self.conns.len(), None);
         match self.life.on_clock(now, self.conns.len()) {
             Due::Nothing => {}
             Due::Countdown(remaining) => {
@@ -478,19 +516,23 @@ impl Server {
                 self.notifier
                     .on_clock(now, self.conns.len(), Some(remaining));
             }
-            Due::Stop(DrainEnd::Deadline) => self.close_all(),
+            Due::Stop(DrainEnd::Deadline) => self.close_all(DrainEnd::Deadline),
             Due::Stop(_) => {}
         }
     }
 
-    /// Closes every connection now (deadline or forced), reading off queued
-    /// input first so each close sends FIN rather than RST where it can.
-    fn close_all(&mut self) {
+    /// Closes every connection now (`why`: the deadline or a forced stop),
+    /// reading off queued input first so each close sends FIN rather than
+    /// RST where it can.
+    fn close_all(&mut self, why: DrainEnd) {
         for (_, conn) in self.conns.iter_mut() {
             conn.discard_unread(&mut self.ctx.buf);
         }
-        let open = self.conns.len() - self.closing.len();
-        self.stats.closed_at_deadline += open as u64;
+        let open = (self.conns.len() - self.closing.len()) as u64;
+        match why {
+            DrainEnd::Forced => self.stats.closed_forced += open,
+            _ => self.stats.closed_at_deadline += open,
+        }
         // Those already closing left on their own.
         self.stats.left += self.closing.len() as u64;
         self.closing.clear();
@@ -502,6 +544,8 @@ impl Server {
             // Closing the socket frees the port at once; new connects are refused.
             let _ = self.poll.registry().deregister(&mut listener.socket);
         }
+        // Nothing is accepted any more: the acceptor's timers die with it.
+        self.accept.close();
     }
 
     fn log_stats(&self) {
@@ -531,6 +575,7 @@ impl Server {
             bytes_echoed: self.ctx.bytes_echoed,
             left: self.stats.left,
             closed_at_deadline: self.stats.closed_at_deadline,
+            closed_forced: self.stats.closed_forced,
         };
         let label = if end == DrainEnd::Forced {
             "drain forced"
@@ -539,8 +584,12 @@ impl Server {
         };
         let reason = reason.map_or_else(|| "none".to_owned(), |r| r.to_string());
         info!(
-            "{label}: reason={reason} end={end} left={} closed_at_deadline={} accepted={} bytes_echoed={}",
-            summary.left, summary.closed_at_deadline, summary.accepted, summary.bytes_echoed
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={}",
+            summary.left,
+            summary.closed_at_deadline,
+            summary.closed_forced,
+            summary.accepted,
+            summary.bytes_echoed
         );
         summary
     }

@@ -199,40 +199,114 @@ pub fn register_escalation(
 }
 
 /// Listening sockets handed over by a service manager (`LISTEN_PID` names
-/// this process, `LISTEN_FDS` counts them from fd 3), or `None` when there are none.
+/// this process, `LISTEN_FDS` counts them from fd 3), or `None` when there
+/// are none.
+///
+/// Call it before anything else in the process opens a descriptor: when the
+/// manager's fd 3 is missing (closed), the next descriptor opened (the
+/// signal pipe, say) takes number 3 and would be mistaken for a socket.
 ///
 /// The variables are left as they are: a child has another PID, so
-/// `LISTEN_PID` never names it.
+/// `LISTEN_PID` never names it. Each socket is made close-on-exec and
+/// non-blocking. The descriptors are taken once: a later call answers `None`.
 ///
 /// # Errors
 ///
-/// Returns a one-line description when the variables are malformed or a
-/// descriptor is not a listening TCP socket.
+/// A one-line description, naming the variable or the descriptor, when a
+/// variable is malformed or a descriptor is not an open, listening TCP
+/// socket.
 pub fn inherited_listeners() -> Result<Option<Vec<std::net::TcpListener>>, String> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let fds = sd_notify::listen_fds().map_err(|err| format!("LISTEN_FDS: {err}"))?;
-    if fds.len() == 0 {
+    /// The first descriptor a service manager passes (`SD_LISTEN_FDS_START`).
+    const FIRST: i32 = 3;
+    let Some(pid) = env_number("LISTEN_PID", "a process ID")? else {
+        return Ok(None);
+    };
+    if pid != std::process::id() {
         return Ok(None);
     }
-    let mut listeners = Vec::with_capacity(fds.len());
-    for fd in fds {
-        // SAFETY: the service manager passed these descriptors to this process
-        // (LISTEN_PID matched) and nothing else in the process owns them.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let socket = socket2::Socket::from(owned);
-        let is_stream = socket.r#type().map(|t| t == socket2::Type::STREAM);
-        let is_listener = socket.is_listener();
-        if !matches!((is_stream, is_listener), (Ok(true), Ok(true))) {
-            // Give the descriptor back untouched: it is not ours to close.
-            std::mem::forget(socket);
-            return Err(format!("fd {fd} is not a listening TCP socket"));
-        }
-        socket
-            .set_nonblocking(true)
-            .map_err(|err| format!("fd {fd}: {err}"))?;
-        listeners.push(std::net::TcpListener::from(socket));
+    let Some(count) = env_number("LISTEN_FDS", "a number of descriptors")? else {
+        return Ok(None);
+    };
+    let end = i32::try_from(count)
+        .ok()
+        .and_then(|count| FIRST.checked_add(count))
+        .ok_or_else(|| format!("LISTEN_FDS \"{count}\": too many descriptors"))?;
+    // Two owners of one descriptor would close it twice.
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if count == 0 || TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(None);
     }
-    Ok(Some(listeners))
+    (FIRST..end)
+        .map(|fd| take_listener(fd, count))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The variable `name` as a number, `None` when it is not set.
+fn env_number(name: &str, what: &str) -> Result<Option<u32>, String> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .and_then(|text| text.parse().ok())
+        .map(Some)
+        .ok_or_else(|| format!("{name} {value:?}: expected {what}"))
+}
+
+/// Takes inherited descriptor `fd` as a listener, after checking that it is
+/// an open, listening TCP socket; one of `count` passed.
+fn take_listener(fd: i32, count: u32) -> Result<std::net::TcpListener, String> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    // SAFETY: F_GETFD only reads the descriptor's flags; any number is valid
+    // to ask about, and a closed one fails with EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(format!("fd {fd} is not open (LISTEN_FDS={count})"));
+    }
+    // SAFETY: `fd` is open, and LISTEN_PID named this process, so the service
+    // manager passed it to us; this is its one owner: `inherited_listeners`
+    // takes the descriptors once (TAKEN), and its callers take them before
+    // anything else in the process opens or adopts a descriptor.
+    let socket = socket2::Socket::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    if let Err(why) = check_tcp_listener(&socket) {
+        // Give the descriptor back untouched: it is not ours to close.
+        let _ = socket.into_raw_fd();
+        return Err(format!("fd {fd} {why}"));
+    }
+    socket
+        .set_cloexec(true)
+        .and_then(|()| socket.set_nonblocking(true))
+        .map_err(|err| format!("fd {fd}: {}", crate::error::os_reason(&err)))?;
+    Ok(std::net::TcpListener::from(socket))
+}
+
+/// Why `socket` is not a listening TCP socket, completing "fd N ...".
+fn check_tcp_listener(socket: &socket2::Socket) -> Result<(), String> {
+    use socket2::{Domain, Protocol, Type};
+    let os = |err: std::io::Error| {
+        if err.raw_os_error() == Some(libc::ENOTSOCK) {
+            "is not a socket".to_owned()
+        } else {
+            format!("cannot be inspected: {}", crate::error::os_reason(&err))
+        }
+    };
+    let domain = socket.domain().map_err(os)?;
+    if domain == Domain::UNIX {
+        return Err("is a Unix socket, not a TCP socket".to_owned());
+    }
+    let is_ip = domain == Domain::IPV4 || domain == Domain::IPV6;
+    let kind = socket.r#type().map_err(os)?;
+    if is_ip && kind == Type::DGRAM {
+        return Err("is a UDP socket, not a TCP socket".to_owned());
+    }
+    let is_tcp = socket.protocol().map_err(os)? == Some(Protocol::TCP);
+    if !is_ip || kind != Type::STREAM || !is_tcp {
+        return Err("is not a TCP socket".to_owned());
+    }
+    if !socket.is_listener().map_err(os)? {
+        return Err("is a TCP socket that is not listening".to_owned());
+    }
+    Ok(())
 }
 
 /// True when stderr is a pipe or socket whose reader has gone (`poll`

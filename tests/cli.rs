@@ -6,6 +6,7 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -30,8 +31,17 @@ impl Outcome {
 /// its own. A child still running at the limit is killed and the test fails.
 #[track_caller]
 fn run_to_exit(args: &[&str]) -> Outcome {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_echod"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
+    cmd.args(args);
+    run_command_to_exit(cmd)
+}
+
+/// Runs a prepared command (echod, or a shell that `exec`s it) as
+/// [`run_to_exit`] does.
+#[track_caller]
+fn run_command_to_exit(mut cmd: Command) -> Outcome {
+    let args = format!("{cmd:?}");
+    let mut child = cmd
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -60,7 +70,7 @@ fn run_to_exit(args: &[&str]) -> Outcome {
             let _ = child.kill();
             let _ = child.wait();
             let stderr = err.join().unwrap_or_default();
-            panic!("echod {args:?} did not exit within {LIMIT:?}\nstderr:\n{stderr}");
+            panic!("{args} did not exit within {LIMIT:?}\nstderr:\n{stderr}");
         }
         // Polling the exit status; there is no portable exit event to block on.
         std::thread::sleep(Duration::from_millis(10));
@@ -129,6 +139,54 @@ fn every_kind_of_bad_argument_exits_2_with_one_line_naming_the_flag() {
             outcome.stdout.is_empty(),
             "{args:?}: usage errors go to stderr, stdout had {:?}",
             outcome.stdout
+        );
+    }
+}
+
+/// Regression (issue #8): values out of range or empty were refused with
+/// the wrong reason (`--drain-timeout inf`: "must be zero or more seconds";
+/// `--backlog 4294967296`: "expected a whole number"), refused as a start-up
+/// failure (`--pid-file ''` exited 1), or accepted (an empty notice, which a
+/// client cannot tell from a crash).
+#[test]
+fn out_of_range_and_empty_values_are_usage_errors_that_say_why() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--drain-timeout", "inf"],
+            r#"--drain-timeout "inf": is too large"#,
+        ),
+        (
+            &["--drain-timeout", "1e400"],
+            r#"--drain-timeout "1e400": is too large"#,
+        ),
+        (
+            &["--max-pending", "99999999999999999999G"],
+            r#"--max-pending "99999999999999999999G": is too large"#,
+        ),
+        (
+            &["--backlog", "4294967296"],
+            r#"--backlog "4294967296": is too large"#,
+        ),
+        (&["--pid-file", ""], r#"--pid-file "": must name a file"#),
+        (
+            &["--shutdown-message", ""],
+            r#"--shutdown-message "": must not be empty"#,
+        ),
+    ];
+    for (args, expected) in cases {
+        let outcome = run_to_exit(args);
+        assert_eq!(
+            outcome.status.code(),
+            Some(2),
+            "{args:?}: exit status; stderr:\n{}",
+            outcome.stderr
+        );
+        let lines = outcome.stderr_lines();
+        assert_eq!(lines.len(), 1, "{args:?}: one line:\n{}", outcome.stderr);
+        assert!(
+            lines[0].starts_with(&format!("echod: {expected}")),
+            "{args:?}: {:?} is not `echod: {expected}...`",
+            lines[0]
         );
     }
 }
@@ -356,4 +414,246 @@ fn log_lines_start_with_a_timestamp_and_the_listening_line_names_the_pid() {
             "{seen:?} does not start with a year"
         );
     }
+}
+
+/// A fresh, empty directory under the temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = unique_temp_path(name);
+        std::fs::create_dir(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// The names in the directory, sorted.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read temp dir")
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Regression (issue #8): the pid file was written with a plain truncating
+/// write into whatever file was at the path. It is now a new file renamed
+/// over the path, so a reader never sees it empty or half written: a hard
+/// link to the old file keeps the old content, and no temporary is left.
+#[test]
+fn pid_file_is_replaced_by_rename_not_rewritten_in_place() {
+    let dir = TempDir::new("pid-atomic");
+    let path = dir.0.join("echod.pid");
+    let old = dir.0.join("old-link");
+    std::fs::write(&path, "999999999\nstale\n").expect("write a stale pid file");
+    std::fs::hard_link(&path, &old).expect("hard link");
+    let mut echod = Echod::spawn(&["--pid-file", path.to_str().expect("utf-8 path")]);
+    let content = std::fs::read_to_string(&path).expect("read pid file");
+    assert_eq!(content, format!("{}\n", echod.pid()), "pid file content");
+    assert_eq!(
+        std::fs::read_to_string(&old).expect("read old link"),
+        "999999999\nstale\n",
+        "the old file was rewritten in place"
+    );
+    assert_eq!(
+        dir.names(),
+        ["echod.pid", "old-link"],
+        "a temporary file was left"
+    );
+    echod.signal(libc::SIGTERM);
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+    assert_eq!(dir.names(), ["old-link"], "the pid file was not removed");
+}
+
+/// Regression (issue #8): a symlink at the pid file's path was followed and
+/// the file it points to truncated and overwritten. `rename` replaces the
+/// symlink itself.
+#[test]
+fn pid_file_never_writes_through_a_symlink_at_its_path() {
+    let dir = TempDir::new("pid-symlink");
+    let path = dir.0.join("echod.pid");
+    let victim = dir.0.join("precious");
+    std::fs::write(&victim, "precious data\n").expect("write victim");
+    std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+    let mut echod = Echod::spawn(&["--pid-file", path.to_str().expect("utf-8 path")]);
+    let meta = std::fs::symlink_metadata(&path).expect("pid file metadata");
+    assert!(
+        meta.file_type().is_file(),
+        "the pid file is not a regular file: {meta:?}"
+    );
+    let content = std::fs::read_to_string(&path).expect("read pid file");
+    assert_eq!(content.trim(), echod.pid().to_string());
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("read victim"),
+        "precious data\n",
+        "the symlink's target was written"
+    );
+    echod.signal(libc::SIGTERM);
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+    assert_eq!(
+        dir.names(),
+        ["precious"],
+        "pid file left, or the target removed"
+    );
+}
+
+/// Regression (issue #8): at exit the pid file was removed even when a newer
+/// instance had written its own PID there since: after a `--reuse-port`
+/// hand-over on one path, the new instance was left without a pid file.
+#[test]
+fn an_instance_that_exits_leaves_a_newer_instances_pid_file_in_place() {
+    let dir = TempDir::new("pid-handover");
+    let path = dir.0.join("echod.pid");
+    let path_str = path.to_str().expect("utf-8 path");
+    let mut old = Echod::spawn(&["--reuse-port", "--pid-file", path_str]);
+    let addr = old.addr().to_string();
+    let mut new = Echod::spawn(&["--listen", &addr, "--reuse-port", "--pid-file", path_str]);
+    let read_pid = || std::fs::read_to_string(&path).map(|s| s.trim().to_owned());
+    assert_eq!(read_pid().expect("pid file"), new.pid().to_string());
+
+    old.signal(libc::SIGTERM);
+    assert_eq!(old.wait_exit(LIMIT).code(), Some(0), "{}", old.stderr());
+    assert_eq!(
+        read_pid().expect("the newer instance's pid file is still there"),
+        new.pid().to_string()
+    );
+
+    new.signal(libc::SIGTERM);
+    assert_eq!(new.wait_exit(LIMIT).code(), Some(0), "{}", new.stderr());
+    assert!(dir.names().is_empty(), "left behind: {:?}", dir.names());
+}
+
+// ------------------------------------------- inherited sockets (LISTEN_FDS)
+
+/// echod started as a service manager starts a socket-activated service:
+/// `LISTEN_PID` and `LISTEN_FDS` as given (`self` for echod's own PID: a
+/// shell that `exec`s keeps its PID, so its `$$` is echod's), and fd 3 made
+/// a copy of `fd3`, or closed when `None`.
+fn activated_command(listen_pid: &str, listen_fds: &str, fd3: Option<i32>) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"p="$1"; [ "$p" = self ] && p=$$; export LISTEN_PID="$p" LISTEN_FDS="$2"; shift 2; exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_echod"))
+        .args([listen_pid, listen_fds, "--listen", "127.0.0.1:0"])
+        .env_remove("LISTEN_FDNAMES")
+        .env_remove("NOTIFY_SOCKET");
+    // SAFETY: runs in the child between fork and exec and only calls the
+    // async-signal-safe close, dup2 and fcntl on descriptors it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = match fd3 {
+                // Whatever fd 3 was in the test process (a jobserver pipe,
+                // say), the service manager passed nothing there.
+                None => {
+                    libc::close(3) == 0
+                        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EBADF)
+                }
+                // dup2 onto itself would keep FD_CLOEXEC; clear it by hand.
+                Some(3) => libc::fcntl(3, libc::F_SETFD, 0) != -1,
+                // dup2's new descriptor never has FD_CLOEXEC.
+                Some(fd) => libc::dup2(fd, 3) != -1,
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    cmd
+}
+
+/// Runs an activated echod that must refuse to start, and returns its one
+/// stderr line.
+#[track_caller]
+fn refused_activation(cmd: Command) -> String {
+    let outcome = run_command_to_exit(cmd);
+    assert_eq!(
+        outcome.status.code(),
+        Some(1),
+        "exit status; stderr:\n{}",
+        outcome.stderr
+    );
+    let lines = outcome.stderr_lines();
+    assert_eq!(lines.len(), 1, "one line:\n{}", outcome.stderr);
+    lines[0].to_owned()
+}
+
+/// Regression (issue #8): a malformed `LISTEN_PID` was reported as
+/// `LISTEN_FDS: invalid LISTEN_PID`, naming the wrong variable first.
+#[test]
+fn a_malformed_listen_pid_is_named_as_such() {
+    let line = refused_activation(activated_command("abc", "1", None));
+    assert_eq!(
+        line,
+        r#"echod: cannot use inherited sockets: LISTEN_PID "abc": expected a process ID"#
+    );
+}
+
+#[test]
+fn a_malformed_listen_fds_is_named_as_such() {
+    let line = refused_activation(activated_command("self", "one", None));
+    assert_eq!(
+        line,
+        r#"echod: cannot use inherited sockets: LISTEN_FDS "one": expected a number of descriptors"#
+    );
+}
+
+/// Regression (issue #8): with fd 3 closed, echod's own signal pipe took
+/// fd 3 and the error said `fd 3 is not a listening TCP socket`; with more
+/// descriptors announced than passed it said `LISTEN_FDS: Bad file
+/// descriptor (os error 9)`. The descriptors are now checked before echod
+/// opens any, and the line says which one is missing.
+#[test]
+fn a_missing_inherited_descriptor_is_reported_as_not_open() {
+    let line = refused_activation(activated_command("self", "1", None));
+    assert_eq!(
+        line,
+        "echod: cannot use inherited sockets: fd 3 is not open (LISTEN_FDS=1)"
+    );
+}
+
+/// Regression (issue #8): a listening Unix socket at fd 3 gave `invalid
+/// argument`.
+#[test]
+fn an_inherited_unix_socket_is_reported_as_not_tcp() {
+    let path = unique_temp_path("activation.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&path).expect("bind a Unix socket");
+    let line = refused_activation(activated_command(
+        "self",
+        "1",
+        Some(std::os::fd::AsRawFd::as_raw_fd(&unix)),
+    ));
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        line,
+        "echod: cannot use inherited sockets: fd 3 is a Unix socket, not a TCP socket"
+    );
+}
+
+#[test]
+fn an_inherited_tcp_socket_that_is_not_listening_is_refused() {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let line = refused_activation(activated_command(
+        "self",
+        "1",
+        Some(std::os::fd::AsRawFd::as_raw_fd(&socket)),
+    ));
+    assert_eq!(
+        line,
+        "echod: cannot use inherited sockets: fd 3 is a TCP socket that is not listening"
+    );
 }

@@ -29,6 +29,29 @@ fn raise_own_nofile_limit() {
     }
 }
 
+/// Spawns echod with `args` under a descriptor limit of `nofile`, soft and
+/// hard (echod raises its soft limit to the hard one, so both are set).
+#[track_caller]
+fn spawn_with_nofile(nofile: libc::rlim_t, args: &[&str]) -> Echod {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
+    cmd.args(["--listen", "127.0.0.1:0", "--drain-timeout", "0.5"])
+        .args(args);
+    // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Echod::spawn_command(cmd, 1)
+}
+
 /// True when a read on `conn` returns nothing within `window`. Used only to
 /// show that an echo does NOT arrive (there is no OS event for "not yet").
 fn no_echo_within(conn: &mut TcpStream, window: Duration) -> bool {
@@ -190,41 +213,21 @@ fn max_connections_holds_new_connections_in_the_backlog_until_one_closes() {
         .read_exact(&mut back)
         .unwrap_or_else(|e| panic!("4th echo did not arrive: {e}\nstderr:\n{}", echod.stderr()));
     assert_eq!(&back, b"fourth");
-    echod.wait_for_line("connection limit cleared", LIMIT);
     // The remaining two are still served.
     for conn in &mut served {
         assert_eq!(round_trip(conn, b"still"), b"still");
     }
+    // The episode ends a second after the limit last cleared, once every
+    // connection has left.
+    drop((served, fourth, extra));
+    echod.wait_for_line("connection limit cleared", LIMIT);
 }
 
 #[test]
 fn descriptor_exhaustion_backs_off_without_spinning_and_recovers() {
     const CONNECTIONS: usize = 40;
     raise_own_nofile_limit();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--drain-timeout",
-        "0.5",
-        "--log-level",
-        "debug",
-    ]);
-    // SAFETY: setrlimit is async-signal-safe; the closure allocates nothing.
-    // Both limits are 32 because echod raises its soft limit to the hard one.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 32,
-                rlim_max: 32,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut echod = Echod::spawn_command(cmd, 1);
+    let mut echod = spawn_with_nofile(32, &["--log-level", "debug"]);
     let pid = echod.pid();
 
     // All of them connect: the kernel completes handshakes into the backlog.
@@ -449,4 +452,160 @@ fn reaching_the_limit_with_nobody_waiting_logs_no_warning() {
     // A third client does wait: now the warning comes, once.
     let _waiting = echod.connect();
     echod.wait_for_line("connection limit reached", LIMIT);
+}
+
+/// Runs `clients` threads that each connect, make one round trip and close,
+/// over and over, until `stop` says so; returns the round trips made.
+fn churn(addr: std::net::SocketAddr, clients: usize, stop: impl Fn(usize) -> bool + Sync) -> usize {
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for i in 0..clients {
+            let (made, stop) = (&made, &stop);
+            scope.spawn(move || {
+                let mut round = 0;
+                while !stop(round) {
+                    let mut conn = connect(addr);
+                    let data = random_bytes(64, (i * 1000 + round) as u64);
+                    assert_eq!(
+                        round_trip(&mut conn, &data),
+                        data,
+                        "client {i} round {round}"
+                    );
+                    made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    round += 1;
+                }
+            });
+        }
+    });
+    made.into_inner()
+}
+
+/// Regression (issue #8): the warning came per connect, not per episode:
+/// 30 clients churning through `--max-connections 10` logged 10,469
+/// `reached` and 10,469 `cleared` lines in 5 s. The limit clears and is
+/// reached again with every connection; the episode goes on until the
+/// server has stayed below the limit for a second.
+#[test]
+fn connection_limit_warning_is_said_once_while_clients_churn_through_a_full_server() {
+    const LIMIT_CONNS: usize = 10;
+    const CLIENTS: usize = 30;
+    const ROUNDS: usize = 40;
+    let mut echod = Echod::spawn(&["--max-connections", "10"]);
+    let addr = echod.addr();
+    // Fill the server, so that the churning clients are sure to wait.
+    let mut holders: Vec<TcpStream> = (0..LIMIT_CONNS).map(|_| echod.connect()).collect();
+    for conn in &mut holders {
+        assert_eq!(round_trip(conn, b"hold"), b"hold");
+    }
+    let made = std::thread::scope(|scope| {
+        let churners = scope.spawn(|| churn(addr, CLIENTS, |round| round >= ROUNDS));
+        echod.wait_for_line("connection limit reached", LIMIT);
+        holders.clear();
+        churners.join().expect("churning clients")
+    });
+    assert_eq!(made, CLIENTS * ROUNDS);
+    stats_barrier(&mut echod);
+    let reached = count_lines(&echod, "connection limit reached");
+    // The churn over, the limit stays clear: the episode ends a second later.
+    echod.wait_for_line("connection limit cleared", LIMIT);
+    stats_barrier(&mut echod);
+    let cleared = count_lines(&echod, "connection limit cleared");
+    eprintln!("note: {made} round trips; {reached} `reached`, {cleared} `cleared` lines");
+    // One episode; a stall of a second on a loaded machine may split it.
+    assert!(
+        reached <= 3 && cleared <= 3,
+        "{reached} `reached` and {cleared} `cleared` lines for {made} connects\nstderr:\n{}",
+        echod.stderr()
+    );
+}
+
+/// Regression (issue #8): `cannot accept` (EMFILE) was rate-limited to one
+/// line a second, not said once per episode: clients churning through a
+/// server out of descriptors got a line every second.
+#[test]
+fn descriptor_exhaustion_warning_is_said_once_while_clients_churn() {
+    raise_own_nofile_limit();
+    let mut echod = spawn_with_nofile(32, &[]);
+    let addr = echod.addr();
+    // 20 connections held open leave echod a handful of its 32 descriptors,
+    // so 40 churning clients keep it out of descriptors the whole time.
+    let mut holders: Vec<TcpStream> = (0..20).map(|_| echod.connect()).collect();
+    for conn in &mut holders {
+        assert_eq!(round_trip(conn, b"hold"), b"hold");
+    }
+    // A workload of at least 4 s, for the old once-a-second rate to show.
+    let started = Instant::now();
+    let made = churn(addr, 40, |_| started.elapsed() >= Duration::from_secs(4));
+    let elapsed = started.elapsed();
+    stats_barrier(&mut echod);
+    let warnings = count_lines(&echod, "cannot accept");
+    eprintln!("note: {made} round trips in {elapsed:?}; {warnings} `cannot accept` lines");
+    assert!(
+        warnings >= 1,
+        "60 clients never exhausted 32 descriptors\nstderr:\n{}",
+        echod.stderr()
+    );
+    // The backlog never empties while the churn lasts, so every retry fails
+    // again: one episode (a stall of a second could split it in two).
+    assert!(
+        warnings <= 2,
+        "{warnings} `cannot accept` lines in {elapsed:?} of churn\nstderr:\n{}",
+        echod.stderr()
+    );
+    // The churn over, accepts stop failing: the episode ends a second later.
+    echod.wait_for_line("accepting again", LIMIT);
+    drop(holders);
+}
+
+/// Regression (issue #8): a drain begun while accepting was backing off
+/// after EMFILE kept the back-off's deadline as the loop's nearest wake-up
+/// but never serviced it once draining: the loop woke every 0.5 ms, about
+/// 900 times a second, for the whole drain.
+#[test]
+fn a_drain_begun_during_an_emfile_back_off_does_not_wake_the_loop_continuously() {
+    raise_own_nofile_limit();
+    let mut echod = spawn_with_nofile(32, &["--drain-timeout", "30"]);
+    let pid = echod.pid();
+    let mut conns: Vec<TcpStream> = (0..40).map(|_| echod.connect()).collect();
+    echod.wait_for_line("cannot accept", LIMIT);
+    echod.signal(libc::SIGTERM);
+    echod.wait_for_line("drain started", LIMIT);
+    // A short explicit window (no OS event says "did not wake"): an idle
+    // drain wakes once a second for its countdown; the bug woke ~900 times.
+    let (switches, ticks, window) = (voluntary_switches(pid), cpu_ticks(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(1));
+    let wakeups = voluntary_switches(pid) - switches;
+    let used = cpu_ticks(pid) - ticks;
+    let elapsed = window.elapsed();
+    eprintln!("note: {wakeups} wake-ups and {used} CPU ticks in {elapsed:?} of draining");
+    assert!(
+        wakeups < 50,
+        "echod woke {wakeups} times in {elapsed:?} of a drain\nstderr:\n{}",
+        echod.stderr()
+    );
+    // Each wake-up of the bug was cheap (about 3 ticks a second in a debug
+    // build), so this only guards against a true spin.
+    assert!(
+        used < 50,
+        "echod used {used} CPU ticks in {elapsed:?} of a drain\nstderr:\n{}",
+        echod.stderr()
+    );
+    // The drain still ends as usual once the connections it took leave.
+    let mut got_notice = 0;
+    for conn in &mut conns {
+        let mut buf = Vec::new();
+        // Those left in the backlog were reset when the listener closed.
+        if conn.read_to_end(&mut buf).is_ok() && buf == b"SHUTDOWN" {
+            got_notice += 1;
+        }
+    }
+    drop(conns);
+    assert!(
+        got_notice > 0,
+        "no connection got the notice\n{}",
+        echod.stderr()
+    );
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+    let last = echod.wait_for_line("drain finished", LIMIT);
+    assert!(last.contains("end=emptied"), "{last}");
 }

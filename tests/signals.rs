@@ -96,10 +96,34 @@ fn second_signal_closes_everything_now() {
     let status = echod.wait_exit(LIMIT);
     assert_eq!(status.code(), Some(0), "{}", echod.stderr());
     let last = echod.wait_for_line("drain forced", LIMIT);
-    assert!(last.contains("closed_at_deadline=1"), "{last}");
+    assert!(last.contains("closed_forced=1"), "{last}");
     let mut rest = Vec::new();
     let _ = client.read_to_end(&mut rest);
     assert!(rest.starts_with(b"SHUTDOWN"), "{rest:?}");
+}
+
+/// Regression (issue #8): connections closed by a forced stop were counted
+/// as `closed_at_deadline`, though no deadline had passed.
+#[test]
+fn connections_closed_by_a_forced_stop_are_not_counted_as_closed_at_the_deadline() {
+    let mut echod = Echod::spawn(&["--drain-timeout", "60"]);
+    let mut leaving = echod.connect();
+    let mut staying = echod.connect();
+    assert_eq!(round_trip(&mut leaving, b"a"), b"a");
+    assert_eq!(round_trip(&mut staying, b"b"), b"b");
+    echod.signal(libc::SIGTERM);
+    assert_eq!(read_to_eof(&mut leaving), b"SHUTDOWN", "{}", echod.stderr());
+    drop(leaving);
+    echod.signal(libc::SIGUSR1);
+    let stats = echod.next_line_matching("stats: ", LIMIT);
+    assert!(stats.contains("connections=1"), "{stats}");
+    echod.signal(libc::SIGINT);
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+    let last = echod.wait_for_line("drain forced", LIMIT);
+    for want in ["left=1", "closed_at_deadline=0", "closed_forced=1"] {
+        assert!(last.contains(want), "{last:?} lacks {want}");
+    }
+    assert_eq!(read_to_eof(&mut staying), b"SHUTDOWN");
 }
 
 #[test]

@@ -1,16 +1,19 @@
-//! The `echod` binary: argv -> Config -> logger -> signals -> bind -> pid
-//! file -> run -> exit status (SPEC "Command line").
+//! The `echod` binary: inherited sockets -> argv -> Config -> logger ->
+//! signals -> bind -> pid file -> run -> exit status (SPEC "Command line").
 //!
 //! Everything else lives in the library. Signal handlers go in before the
 //! listeners are created, so a signal that arrives during start-up is queued
 //! in the pipe rather than killing the process with clients in the backlog.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use echod::{Command, Config, Error, Server, SignalWatcher};
 use log::info;
+
+#[path = "echod/pidfile.rs"]
+mod pidfile;
+use pidfile::PidFile;
 
 fn main() -> ExitCode {
     match run() {
@@ -24,6 +27,11 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<ExitCode, Error> {
+    // docs/protocol.md "Operations": a service manager's sockets are fd 3
+    // onwards. Take them before anything opens a descriptor: with fd 3
+    // missing, our own signal pipe would become fd 3 and be taken for one.
+    // A usage error still comes first, though.
+    let inherited = echod::sys::inherited_listeners();
     let config = match echod::config::parse_args(std::env::args_os().skip(1))? {
         Command::Run(config) => config,
         Command::Help => return Ok(print_and_exit(echod::config::HELP)),
@@ -32,15 +40,22 @@ fn run() -> Result<ExitCode, Error> {
             return Ok(print_and_exit(&version));
         }
     };
+    let inherited = inherited.map_err(|detail| Error::Inherit { detail })?;
     init_logger(&config);
     let watcher = SignalWatcher::install(config.pid_file.as_deref())?;
-    let mut server = Server::bind(config.clone())?;
+    let mut server = match inherited {
+        Some(sockets) => Server::from_listeners(config.clone(), sockets)?,
+        None => Server::bind(config.clone())?,
+    };
     server.watch_signals(watcher)?;
     let pid = std::process::id();
     // The pid file comes before the readiness lines: once a script sees
     // `listening on`, the pid file is there to signal.
     let _pid_file = match &config.pid_file {
-        Some(path) => Some(PidFile::write(path, pid)?),
+        Some(path) => Some(PidFile::write(path, pid).map_err(|source| Error::PidFile {
+            path: path.clone(),
+            source,
+        })?),
         None => None,
     };
     for addr in server.local_addrs() {
@@ -59,27 +74,4 @@ fn print_and_exit(text: &str) -> ExitCode {
 fn init_logger(config: &Config) {
     // Only fails if a logger is already installed, which cannot happen here.
     let _ = echod::logging::init(config.log_level);
-}
-
-/// The pid file: written after binding, removed when dropped at exit.
-struct PidFile {
-    path: PathBuf,
-}
-
-impl PidFile {
-    fn write(path: &Path, pid: u32) -> Result<PidFile, Error> {
-        std::fs::write(path, format!("{pid}\n")).map_err(|source| Error::PidFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(PidFile {
-            path: path.to_owned(),
-        })
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }

@@ -325,6 +325,17 @@ pub fn cpu_ticks(pid: i32) -> u64 {
     fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
 }
 
+/// Voluntary context switches of a process: each time it slept, for echod
+/// each time it blocked in `epoll_wait`, so a count of the loop's wake-ups.
+pub fn voluntary_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches")
+}
+
 /// Waits until `cond` holds, polling; panics naming `what` after `limit`.
 #[track_caller]
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
