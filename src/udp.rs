@@ -360,8 +360,10 @@ impl<S: DatagramSocket> UdpEcho<S> {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Readable::Drained,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
-                    // Nothing the kernel reports here loses a datagram we
-                    // could still read; the next arrival raises a new edge.
+                    // Linux reports no such error on an unconnected UDP
+                    // socket without IP_RECVERR. Should one come, stop
+                    // rather than spin: the next datagram's edge brings the
+                    // loop back, and any still queued are served then.
                     self.stats.receive_errors += 1;
                     return Readable::Drained;
                 }
