@@ -47,6 +47,11 @@ pub mod server;
 pub mod shutdown;
 pub mod signals;
 pub mod sys;
+// UDP echo (docs/protocol.md "UDP echo (RFC 862)"), phase 1 of issue 12: the
+// sockets, guards and counters stand alone and are unit-tested; nothing
+// calls them until server.rs registers the `--udp` sockets (phase 2).
+#[allow(dead_code)]
+mod udp;
 
 pub use config::{Command, Config, UsageError};
 pub use drain::{DrainEnd, DrainReason};
