@@ -553,6 +553,16 @@ pub(super) mod tests {
         assert!(text.contains("# TYPE echod_pending_bytes gauge\n"));
     }
 
+    /// Not a check by itself: prints a rendered sample (real process figures)
+    /// for `tests/prometheus_text.py`, the check by a real Prometheus parser.
+    #[test]
+    #[ignore = "feeds tests/prometheus_text.py; run by hand with --ignored --nocapture"]
+    fn a_sample_for_an_external_parser() {
+        let mut text = String::new();
+        render(&sample_snapshot(), &ProcessStats::read(), &mut text);
+        println!("--- metrics sample begin ---\n{text}--- metrics sample end ---");
+    }
+
     #[test]
     fn udp_metrics_appear_only_when_udp_is_configured() {
         let snapshot = MetricsSnapshot {
