@@ -197,12 +197,14 @@ impl<S: Stream> HealthConn<S> {
             self.len += n;
             // A head is complete only after a line ends: parsing on every
             // read would let a peer sending a byte at a time cost a parse of
-            // up to 8 KiB per byte.
+            // up to 8 KiB per byte. The first read is parsed whatever it
+            // holds, so that what is not HTTP at all (a TLS hello) gets its
+            // 400 at once instead of waiting out the deadline.
             let line_ended = self
                 .buf
                 .get(start..self.len)
                 .is_some_and(|new| new.contains(&b'\n'));
-            if line_ended {
+            if start == 0 || line_ended {
                 if let Some(request) = self.parse(state) {
                     return Ok(Some(Ok(request)));
                 }
@@ -703,6 +705,24 @@ mod tests {
             assert_eq!(response.status, 400, "{request:?}");
             assert_eq!(response.body, b"bad request\n");
         }
+    }
+
+    #[test]
+    fn what_is_not_http_at_all_gets_400_without_waiting_for_a_line_end() {
+        // The start of a TLS ClientHello: no newline anywhere.
+        let hello = [
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
+        let mut conn = conn(Fake {
+            input: hello.to_vec(),
+            arrived: hello.len(),
+            ..Fake::default()
+        });
+        assert_eq!(
+            conn.on_ready(&serving()),
+            HealthStep::Keep(Interest::READABLE)
+        );
+        assert_eq!(parse_response(&conn.stream.output).status, 400);
     }
 
     #[test]
