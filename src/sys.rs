@@ -336,3 +336,40 @@ pub fn silence_stderr() -> io::Result<()> {
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Process figures for the health listener's `/metrics` (health/metrics.rs).
+// The figures themselves are read from /proc with std there; only the units
+// they are counted in need libc.
+// ---------------------------------------------------------------------------
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`): the unit of the CPU
+/// times and the start time in `/proc/self/stat`.
+///
+/// # Errors
+///
+/// The OS error when `sysconf` has no answer.
+pub fn clock_ticks_per_second() -> io::Result<u64> {
+    sysconf_positive(libc::_SC_CLK_TCK)
+}
+
+/// The page size in bytes (`sysconf(_SC_PAGESIZE)`): the unit of the
+/// resident set in `/proc/self/stat` and `/proc/self/statm`.
+///
+/// # Errors
+///
+/// The OS error when `sysconf` has no answer.
+pub fn page_size() -> io::Result<u64> {
+    sysconf_positive(libc::_SC_PAGESIZE)
+}
+
+/// `sysconf(name)` when it is a positive number.
+fn sysconf_positive(name: libc::c_int) -> io::Result<u64> {
+    // SAFETY: sysconf takes a plain integer and touches no memory of ours.
+    let value = unsafe { libc::sysconf(name) };
+    match u64::try_from(value) {
+        Ok(value) if value > 0 => Ok(value),
+        // -1 with errno set for an unknown name; -1 alone for "no limit".
+        _ => Err(io::Error::last_os_error()),
+    }
+}
