@@ -54,9 +54,13 @@
 //! At most 253 sockets: that is what one `SCM_RIGHTS` message may carry on
 //! Linux (`SCM_MAX_FD`), and far more than echod ever listens on. Every
 //! length a peer sends is checked against these bounds before it is used.
+//!
+//! Files: `handover/listener.rs` (the old side), `handover/take_over.rs`
+//! (the new side), `handover/tests.rs` (the module's tests: the wire
+//! format, the socket file, and both sides over real sockets).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
 
 mod listener;
 mod take_over;
@@ -307,7 +311,11 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> 
             body.chunks_exact(RECORD_LEN)
                 .enumerate()
                 .map(|(index, bytes)| {
-                    decode_record(bytes).map_err(|detail| WireError::BadRecord { index, detail })
+                    // chunks_exact yields exactly RECORD_LEN bytes each.
+                    let bytes = bytes.try_into().map_err(|_| "short record");
+                    bytes
+                        .and_then(decode_record)
+                        .map_err(|detail| WireError::BadRecord { index, detail })
                 })
                 .collect::<Result<_, _>>()?,
         ),
@@ -316,32 +324,21 @@ pub(crate) fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> 
 }
 
 /// Decodes one 24-byte record.
-fn decode_record(bytes: &[u8]) -> Result<Record, &'static str> {
-    let field = |range: std::ops::Range<usize>| bytes.get(range).ok_or("short record");
-    let kind = Kind::from_byte(bytes.first().copied().unwrap_or(0)).ok_or("unknown socket kind")?;
-    let port = u16::from_be_bytes(field(2..4)?.try_into().map_err(|_| "short record")?);
-    let scope = u32::from_be_bytes(field(4..8)?.try_into().map_err(|_| "short record")?);
-    let ip: [u8; 16] = field(8..24)?.try_into().map_err(|_| "short record")?;
-    let ip = match bytes.get(1) {
-        Some(4) => {
-            if scope != 0 || ip[4..].iter().any(|&b| b != 0) {
-                return Err("IPv4 record with IPv6 bytes set");
-            }
-            IpAddr::V4(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]))
+fn decode_record(bytes: &[u8; RECORD_LEN]) -> Result<Record, &'static str> {
+    let kind = Kind::from_byte(bytes[0]).ok_or("unknown socket kind")?;
+    let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+    let scope = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&bytes[8..]);
+    let addr = match bytes[1] {
+        4 if scope == 0 && ip[4..] == [0; 12] => {
+            SocketAddr::from((Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]), port))
         }
-        Some(6) => {
-            let v6 = SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, scope);
-            return Ok(Record {
-                kind,
-                addr: SocketAddr::V6(v6),
-            });
-        }
+        4 => return Err("IPv4 record with IPv6 bytes set"),
+        6 => SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, scope)),
         _ => return Err("unknown address family"),
     };
-    Ok(Record {
-        kind,
-        addr: SocketAddr::new(ip, port),
-    })
+    Ok(Record { kind, addr })
 }
 
 /// `d` as operators write it: "5s", "0.5s".
