@@ -1029,3 +1029,35 @@ fn validation_rejects_a_count_mismatch() {
         "2 sockets described but 1 received"
     );
 }
+
+// ---------------------------------------------------------------------------
+// What the loop must know (epoll(7), "Questions and answers" 6)
+// ---------------------------------------------------------------------------
+
+/// Why the old loop deregisters every passed socket before dropping it: the
+/// receiver's descriptor keeps the open file alive, and epoll forgets a
+/// registration only when the last descriptor of that open file closes.
+#[test]
+fn a_passed_listener_dropped_without_deregistering_still_wakes_the_old_poll() {
+    let std_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("addr");
+    // The receiver's copy, as SCM_RIGHTS would give it.
+    let receivers = std_listener.as_fd().try_clone_to_owned().expect("dup");
+    let mut listener = mio::net::TcpListener::from_std(std_listener);
+    let mut poll = Poll::new().expect("poll");
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .expect("register");
+    drop(listener);
+
+    let _client = TcpStream::connect(addr).expect("connect");
+    let mut events = Events::with_capacity(4);
+    poll.poll(&mut events, Some(Duration::from_secs(5)))
+        .expect("poll");
+    assert!(
+        events.iter().any(|e| e.token() == LISTENER),
+        "the dropped listener's token was not reported"
+    );
+    drop(receivers);
+}
