@@ -373,3 +373,377 @@ fn sysconf_positive(name: libc::c_int) -> io::Result<u64> {
         _ => Err(io::Error::last_os_error()),
     }
 }
+
+// ===========================================================================
+// Take-over: descriptor passing and socket checks
+// (docs/protocol.md "Operations"; used by src/handover.rs).
+//
+// `SCM_RIGHTS` over a Unix stream socket, the peer's credentials
+// (`SO_PEERCRED`), and what a received descriptor really is (`SO_TYPE`,
+// `SO_DOMAIN`, `SO_PROTOCOL`, `SO_ACCEPTCONN`, `getsockname`). No policy:
+// the hand-over protocol decides what to send, whom to trust and what to
+// accept.
+// ===========================================================================
+
+/// The most descriptors one `SCM_RIGHTS` message may carry on Linux
+/// (`SCM_MAX_FD`); `sendmsg` fails with `EINVAL` beyond it.
+pub const MAX_FDS_PER_MESSAGE: usize = 253;
+
+/// Bytes of control buffer for [`MAX_FDS_PER_MESSAGE`] descriptors.
+// SAFETY: CMSG_SPACE is arithmetic on its argument; it touches no memory.
+const FDS_CONTROL_SPACE: usize =
+    unsafe { libc::CMSG_SPACE((MAX_FDS_PER_MESSAGE * size_of::<libc::c_int>()) as u32) } as usize;
+
+/// A control buffer aligned for `cmsghdr`, whose fields are `size_t` and `int`.
+type FdsControl = [usize; FDS_CONTROL_SPACE.div_ceil(size_of::<usize>())];
+
+/// Sends `bytes` on the Unix stream socket `sock` with `fds` attached
+/// (`sendmsg` with one `SCM_RIGHTS` message, `MSG_NOSIGNAL`). Returns how
+/// many bytes were sent; the descriptors travel with the first of them.
+///
+/// The receiver gets its own descriptors for the same open sockets: nothing
+/// is closed or changed here, and the caller keeps `fds`.
+///
+/// # Errors
+///
+/// `InvalidInput` for more than [`MAX_FDS_PER_MESSAGE`] descriptors or for
+/// descriptors without a byte to carry them; otherwise the OS error
+/// (`WouldBlock` on a full non-blocking socket, `EPIPE` when the peer left).
+pub fn send_with_fds(
+    sock: &impl std::os::fd::AsFd,
+    bytes: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<usize> {
+    if fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} descriptors in one message, the limit is {MAX_FDS_PER_MESSAGE}",
+                fds.len()
+            ),
+        ));
+    }
+    if bytes.is_empty() && !fds.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptors need at least one byte to travel with",
+        ));
+    }
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr().cast_mut().cast(),
+        iov_len: bytes.len(),
+    };
+    let mut control: FdsControl = [0; FDS_CONTROL_SPACE.div_ceil(size_of::<usize>())];
+    // SAFETY: msghdr is plain data; all-zero is "no name, no iovec, no control".
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = (fds.len() * size_of::<libc::c_int>()) as u32;
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: arithmetic only. `payload` is at most 253 ints, so the
+        // space fits in `control` (sized for MAX_FDS_PER_MESSAGE, checked above).
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
+        // SAFETY: msg_control points at `control`, aligned for cmsghdr and at
+        // least msg_controllen >= size_of::<cmsghdr>() bytes long, so the
+        // first header is non-null and inside it; CMSG_DATA(cmsg) plus
+        // `payload` bytes stays within CMSG_SPACE(payload). Writes are
+        // unaligned-safe. Every raw fd comes from a live BorrowedFd.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as _;
+            let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(fd.as_raw_fd());
+            }
+        }
+    }
+    // SAFETY: `msg` points at `iov` (valid for reads of bytes.len()) and at
+    // `control`, both alive for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock.as_fd().as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Receives into `buf` from the Unix stream socket `sock`, with up to
+/// `max_fds` descriptors attached (`recvmsg` with `MSG_CMSG_CLOEXEC`, so a
+/// received descriptor never leaks into a child process). Returns the byte
+/// count (0 at end-of-stream) and the descriptors, owned by the caller.
+///
+/// # Errors
+///
+/// `InvalidData` when the sender attached more descriptors than `max_fds`
+/// (`MSG_CTRUNC`): every descriptor that did arrive is closed first, so
+/// none leaks. Otherwise the OS error (`WouldBlock`, `Interrupted`, ...).
+///
+/// # Notes
+///
+/// At most [`MAX_FDS_PER_MESSAGE`] descriptors, whatever `max_fds` says.
+pub fn recv_with_fds(
+    sock: &impl std::os::fd::AsFd,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let max_fds = max_fds.min(MAX_FDS_PER_MESSAGE);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut control: FdsControl = [0; FDS_CONTROL_SPACE.div_ceil(size_of::<usize>())];
+    // SAFETY: msghdr is plain data; all-zero is "no name, no iovec, no control".
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if max_fds > 0 {
+        msg.msg_control = control.as_mut_ptr().cast();
+        // SAFETY: arithmetic only; at most FDS_CONTROL_SPACE, the size of `control`.
+        msg.msg_controllen =
+            unsafe { libc::CMSG_SPACE((max_fds * size_of::<libc::c_int>()) as u32) } as _;
+    }
+    // SAFETY: `msg` points at `iov` (valid for writes of buf.len()) and at
+    // `control` (valid for writes of msg_controllen bytes), alive for the call.
+    let n = unsafe { libc::recvmsg(sock.as_fd().as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `control` with msg_controllen bytes of
+    // well-formed cmsghdrs; CMSG_FIRSTHDR/CMSG_NXTHDR stay within them and
+    // return null at the end. Each SCM_RIGHTS payload holds
+    // (cmsg_len - CMSG_LEN(0)) / size_of::<c_int>() descriptors, newly
+    // installed in this process and owned by nobody else, so wrapping each
+    // in an OwnedFd exactly once is sound. Reads are unaligned-safe.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let header = cmsg.read_unaligned();
+            if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (header.cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                for i in 0..bytes / size_of::<libc::c_int>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        // The kernel dropped what did not fit; close what did, so nothing leaks.
+        drop(fds);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than {max_fds} descriptors attached"),
+        ));
+    }
+    Ok((n as usize, fds))
+}
+
+/// Who is at the other end of a Unix socket, as the kernel saw it at
+/// `connect`/`listen` time (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// The peer's process id (in our pid namespace; 0 if it is outside it).
+    pub pid: i32,
+    /// The peer's effective user id.
+    pub uid: u32,
+}
+
+/// The credentials of the process at the other end of the Unix socket `sock`.
+///
+/// # Errors
+///
+/// The OS error from `getsockopt` (`ENOTSOCK`, `ENOTCONN`, ...).
+pub fn peer_credentials(sock: &impl std::os::fd::AsFd) -> io::Result<PeerCredentials> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is valid and writable for `len` bytes, and `len` too.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != size_of::<libc::ucred>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "SO_PEERCRED returned a short answer",
+        ));
+    }
+    Ok(PeerCredentials {
+        pid: cred.pid,
+        uid: cred.uid,
+    })
+}
+
+/// This process's effective user id.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments and always succeeds.
+    unsafe { libc::geteuid() }
+}
+
+/// Sets the mode of the socket `sock` itself (`fchmod`).
+///
+/// # Errors
+///
+/// The OS error from `fchmod`.
+///
+/// # Notes
+///
+/// On Linux a Unix socket bound afterwards creates its file with this mode
+/// minus the umask, so a socket given 0600 before `bind` never has a more
+/// open file, not even for an instant. Elsewhere the file's mode may ignore
+/// it: callers check the mode after `bind` anyway.
+pub fn set_socket_mode(sock: &impl std::os::fd::AsFd, mode: u32) -> io::Result<()> {
+    // SAFETY: fchmod on a descriptor we borrow; no memory is passed.
+    if unsafe { libc::fchmod(sock.as_fd().as_raw_fd(), mode as libc::mode_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What a descriptor is, as far as checking a received socket needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketFacts {
+    /// `SO_DOMAIN`: `IPV4`, `IPV6`, `UNIX`, ...
+    pub domain: socket2::Domain,
+    /// `SO_TYPE`: `STREAM`, `DGRAM`, ...
+    pub kind: socket2::Type,
+    /// `SO_PROTOCOL`, when the kernel names one (`TCP`, `UDP`, ...).
+    pub protocol: Option<socket2::Protocol>,
+    /// `SO_ACCEPTCONN`: the socket is in listening state.
+    pub listening: bool,
+    /// `getsockname`, when it is an IP address (`None` for other families).
+    pub local: Option<std::net::SocketAddr>,
+}
+
+impl SocketFacts {
+    /// True for a TCP socket in listening state.
+    pub fn is_listening_tcp(&self) -> bool {
+        self.listening
+            && self.kind == socket2::Type::STREAM
+            && self.protocol == Some(socket2::Protocol::TCP)
+            && self.is_ip()
+    }
+
+    /// True for a UDP socket.
+    pub fn is_udp(&self) -> bool {
+        self.kind == socket2::Type::DGRAM
+            && self.protocol == Some(socket2::Protocol::UDP)
+            && self.is_ip()
+    }
+
+    /// True for an IPv4 or IPv6 socket.
+    pub fn is_ip(&self) -> bool {
+        self.domain == socket2::Domain::IPV4 || self.domain == socket2::Domain::IPV6
+    }
+}
+
+/// Reads a descriptor's [`SocketFacts`] (`SO_DOMAIN`, `SO_TYPE`,
+/// `SO_PROTOCOL`, `SO_ACCEPTCONN`, `getsockname`). Nothing about the socket
+/// changes.
+///
+/// # Errors
+///
+/// `ENOTSOCK` when `fd` is not a socket; otherwise the OS error.
+pub fn socket_facts(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<SocketFacts> {
+    // SockRef only borrows the descriptor (it is never closed through it);
+    // on something that is not a socket every query fails with ENOTSOCK.
+    let socket = socket2::SockRef::from(&fd);
+    let kind = socket.r#type()?;
+    Ok(SocketFacts {
+        domain: socket.domain()?,
+        kind,
+        protocol: socket.protocol()?,
+        listening: socket.is_listener()?,
+        local: socket.local_addr()?.as_socket(),
+    })
+}
+
+#[cfg(test)]
+mod handover_tests {
+    //! The take-over section's calls on real sockets.
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn descriptors_sent_with_bytes_arrive_as_the_same_sockets() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let sent = send_with_fds(&a, b"xy", &[tcp.as_fd(), udp.as_fd()]).expect("send");
+        assert_eq!(sent, 2);
+        let mut buf = [0u8; 8];
+        let (n, fds) = recv_with_fds(&b, &mut buf, 2).expect("recv");
+        assert_eq!(&buf[..n], b"xy");
+        assert_eq!(fds.len(), 2);
+        let tcp_facts = socket_facts(fds[0].as_fd()).expect("facts");
+        assert!(tcp_facts.is_listening_tcp());
+        assert_eq!(tcp_facts.local, Some(tcp.local_addr().expect("addr")));
+        let udp_facts = socket_facts(fds[1].as_fd()).expect("facts");
+        assert!(udp_facts.is_udp() && !udp_facts.is_listening_tcp());
+        assert_eq!(udp_facts.local, Some(udp.local_addr().expect("addr")));
+        // MSG_CMSG_CLOEXEC: a received descriptor never leaks into a child.
+        for fd in &fds {
+            // SAFETY: F_GETFD on a descriptor we own reads its flags only.
+            let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
+            assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        }
+    }
+
+    #[test]
+    fn more_descriptors_than_asked_for_are_closed_and_an_error() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        send_with_fds(&a, b"x", &[tcp.as_fd(), tcp.as_fd(), tcp.as_fd()]).expect("send");
+        let err = recv_with_fds(&b, &mut [0u8; 8], 1).expect_err("accepted 3 descriptors");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(err.to_string(), "more than 1 descriptors attached");
+    }
+
+    #[test]
+    fn descriptor_limits_are_checked_before_sending() {
+        let (a, _b) = UnixStream::pair().expect("pair");
+        let fds = vec![a.as_fd(); MAX_FDS_PER_MESSAGE + 1];
+        let err = send_with_fds(&a, b"x", &fds).expect_err("sent 254 descriptors");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let err = send_with_fds(&a, b"", &fds[..1]).expect_err("sent without a byte");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        // The most one message may carry does go through.
+        let (c, d) = UnixStream::pair().expect("pair");
+        let fds = vec![c.as_fd(); MAX_FDS_PER_MESSAGE];
+        send_with_fds(&c, b"x", &fds).expect("send 253");
+        let (_, got) = recv_with_fds(&d, &mut [0u8; 1], MAX_FDS_PER_MESSAGE).expect("recv 253");
+        assert_eq!(got.len(), MAX_FDS_PER_MESSAGE);
+    }
+
+    #[test]
+    fn peer_credentials_name_the_process_at_the_other_end() {
+        let (a, _b) = UnixStream::pair().expect("pair");
+        let peer = peer_credentials(&a).expect("SO_PEERCRED");
+        assert_eq!(peer.uid, effective_uid());
+        assert_eq!(peer.pid, std::process::id() as i32);
+    }
+
+    #[test]
+    fn socket_facts_refuse_what_is_not_a_socket() {
+        let file = std::fs::File::open("/dev/null").expect("open");
+        let err = socket_facts(file.as_fd()).expect_err("a file is not a socket");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTSOCK));
+    }
+}
