@@ -8,7 +8,7 @@
 //! - [`server`]: [`Server::bind`] and [`Server::run`]: the one `Poll`, tokens, dispatch.
 //! - `accept.rs`: listeners, admission at `--max-connections`, `EMFILE` back-off.
 //! - [`connection`]: one socket, its unsent bytes and phase; the echo and notice steps.
-//! - [`drain`]: the `Running -> Draining -> Stopped` state machine, pure and clock-free.
+//! - [`drain`]: the `Running -> (LameDuck) -> Draining -> Stopped` state machine, pure and clock-free.
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
 //! - [`notify`]: systemd readiness and status.
