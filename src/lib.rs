@@ -9,6 +9,8 @@
 //! - `accept.rs`: listeners, admission at `--max-connections`, `EMFILE` back-off.
 //! - [`connection`]: one socket, its unsent bytes and phase; the echo and notice steps.
 //! - [`drain`]: the `Running -> (LameDuck) -> Draining -> Stopped` state machine, pure and clock-free.
+//! - `per_ip.rs`: the `--max-connections-per-ip` table and its warning cadence (not yet wired).
+//! - `idle.rs`: the `--idle-timeout` sweep epochs and the one-second linger (not yet wired).
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
 //! - [`notify`]: systemd readiness and status.
@@ -44,6 +46,8 @@ pub mod notify;
 // Pure pieces not yet wired into the loop: the per-address limit
 // (--max-connections-per-ip) and the idle sweep (--idle-timeout). Private
 // until the server uses them; dead code until then.
+#[allow(dead_code)]
+mod idle;
 #[allow(dead_code)]
 mod per_ip;
 pub mod server;
