@@ -173,7 +173,8 @@ pub struct Lifecycle {
     /// `--drain-timeout`: how long the drain proper may last.
     timeout: Duration,
     /// Drain signals (not handle calls) the loop has passed to
-    /// [`Lifecycle::signal`]; the handler's own count, as far as the loop has read it.
+    /// [`Lifecycle::signal`] or [`Lifecycle::begin_drain`]: the handler's own
+    /// count, as far as the loop has read it.
     signals: usize,
     /// `signals` when the drain proper began; meaningful from `Draining` on.
     signals_at_drain: usize,
