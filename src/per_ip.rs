@@ -58,6 +58,12 @@ impl Source {
     }
 }
 
+impl From<IpAddr> for Source {
+    fn from(ip: IpAddr) -> Source {
+        Source::of(ip)
+    }
+}
+
 impl fmt::Display for Source {
     /// `192.0.2.7`, or `2001:db8:1:2::/64`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -143,12 +149,13 @@ impl PerIp {
         self.table.is_empty()
     }
 
-    /// Admits or rejects a connection from `ip`, accepted at `now`.
-    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> Admit {
+    /// Admits or rejects a connection from `source` (a peer's `IpAddr`, or
+    /// its [`Source`]), accepted at `now`.
+    pub fn admit(&mut self, source: impl Into<Source>, now: Instant) -> Admit {
         if !self.is_enabled() {
             return Admit::Accepted;
         }
-        let source = Source::of(ip);
+        let source = source.into();
         if let Some(entry) = self.table.get_mut(&source) {
             if entry.open < self.limit {
                 entry.open += 1;
@@ -188,11 +195,15 @@ impl PerIp {
         Admit::Accepted
     }
 
-    /// A connection from `ip` that [`PerIp::admit`] accepted has closed.
+    /// A connection from `source` that [`PerIp::admit`] accepted has closed.
     /// Frees the source's entry when it was the last. Returns false when
     /// there was nothing to release (no limit, or the table was cleared).
-    pub fn release(&mut self, ip: IpAddr) -> bool {
-        let source = Source::of(ip);
+    ///
+    /// The loop keeps each connection's [`Source`] (16 bytes) to pass here;
+    /// asking the socket for its peer at close would be a system call, and
+    /// fails once the peer has reset.
+    pub fn release(&mut self, source: impl Into<Source>) -> bool {
+        let source = source.into();
         let Some(entry) = self.table.get_mut(&source) else {
             return false;
         };
@@ -286,7 +297,7 @@ mod tests {
         );
         assert_eq!(per_ip.admit(ip("192.0.2.1"), t0), Admit::Accepted);
         assert_eq!(per_ip.admit(ip("::ffff:192.0.2.1"), t0), WARNED);
-        assert!(per_ip.release(ip("::ffff:192.0.2.1")));
+        assert!(per_ip.release(Source::of(ip("::ffff:192.0.2.1"))));
         assert!(per_ip.is_empty());
         // Not an IPv4-compatible (::a.b.c.d) or NAT64 address: those are IPv6.
         assert_eq!(Source::of(ip("::192.0.2.1")), Source::V6(0));
