@@ -121,17 +121,37 @@ impl Ctx {
 pub struct Readiness {
     /// The socket may have input (or an error, or EOF) to read.
     pub readable: bool,
-    /// The event also reported the peer's end-of-stream (`Event::is_read_closed`).
-    pub read_closed: bool,
+    /// The event reported the peer's end-of-stream (`Event::is_read_closed`):
+    /// it is queued behind whatever input is left, and has not been read yet.
+    pub eof_reported: bool,
 }
 
 impl Readiness {
     /// "Try reading": for a step the loop starts itself (drain start, a
-    /// connection left with input at the per-event cap), not an event.
+    /// connection left with input at the per-event cap), not an event. It
+    /// loses nothing: an end-of-stream an earlier event reported is
+    /// remembered by the connection ([`Input::EofReported`]) until it is read.
     pub const READABLE: Readiness = Readiness {
         readable: true,
-        read_closed: false,
+        eof_reported: false,
     };
+}
+
+/// What is known about the peer's side of the stream. Edge-triggered epoll
+/// reports an end-of-stream once; a connection that does not read it in the
+/// same step (the per-event cap, backpressure, a drain's owed bytes) must
+/// remember it, or a later short read looks like "the queue is empty", the
+/// FIN is never read and the socket stays in CLOSE-WAIT (issue #8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// No end-of-stream reported yet: a short read means the queue is empty.
+    Open,
+    /// An event reported the end-of-stream and it has not been read yet: the
+    /// connection reads without waiting for an edge, and a short read proves
+    /// nothing (docs/protocol.md "Running").
+    EofReported,
+    /// The end-of-stream has been read: nothing more will arrive.
+    Closed,
 }
 
 /// One client connection.
@@ -144,8 +164,8 @@ pub struct Connection<S = mio::net::TcpStream> {
     pending: Vec<u8>,
     /// Where the connection is in its life.
     phase: Phase,
-    /// The peer's end-of-stream has been read; nothing more will arrive.
-    read_closed: bool,
+    /// The peer's side: open, end-of-stream reported but unread, or read.
+    input: Input,
     /// Reading stopped with input possibly left (backpressure or the per-event
     /// cap), so the next step reads even without a readable edge.
     read_paused: bool,
@@ -163,7 +183,7 @@ impl<S: Stream> Connection<S> {
             stream,
             pending: Vec::new(),
             phase: Phase::Echoing,
-            read_closed: false,
+            input: Input::Open,
             read_paused: false,
             registered: Interest::READABLE,
             closing: false,
@@ -205,8 +225,10 @@ impl<S: Stream> Connection<S> {
     /// which then finds a state consistent with what was done here.
     #[inline(always)]
     fn echo_fast(&mut self, ctx: &mut Ctx, ready: Readiness) -> Option<Step> {
-        if !(ready.readable && !ready.read_closed && self.phase == Phase::Echoing)
-            || self.read_closed
+        // Only while no end-of-stream was ever reported: the short-read
+        // shortcut below relies on it (docs/protocol.md "Running").
+        if !(ready.readable && !ready.eof_reported && self.phase == Phase::Echoing)
+            || self.input != Input::Open
             || !self.pending.is_empty()
         {
             return None;
@@ -215,7 +237,7 @@ impl<S: Stream> Connection<S> {
         let n = match self.stream.read(&mut ctx.buf[..want]) {
             Ok(0) => {
                 // The peer closed its side and nothing is pending: done.
-                self.read_closed = true;
+                self.input = Input::Closed;
                 return Some(Step::Close(Closed::PeerDone));
             }
             Ok(n) => n,
@@ -252,7 +274,7 @@ impl<S: Stream> Connection<S> {
     /// Starts this connection's drain (SPEC "Draining" 3): the bytes in the
     /// receive buffer right now are owed an echo, then the notice follows.
     pub fn begin_drain(&mut self, ctx: &mut Ctx) -> Step {
-        let owed = if self.read_closed {
+        let owed = if self.input == Input::Closed {
             0
         } else {
             // If FIONREAD fails, read until WouldBlock instead: still bounded
@@ -276,18 +298,24 @@ impl<S: Stream> Connection<S> {
     }
 
     fn advance(&mut self, ctx: &mut Ctx, ready: Readiness) -> io::Result<bool> {
+        if ready.eof_reported && self.input == Input::Open {
+            self.input = Input::EofReported;
+        }
         self.flush()?;
-        let may_read = (ready.readable || self.read_paused) && !self.read_closed;
+        let may_read = match self.input {
+            Input::Open => ready.readable || self.read_paused,
+            // Queued behind the input left, with no edge to come for it.
+            Input::EofReported => true,
+            Input::Closed => false,
+        };
         let mut more = false;
         match self.phase {
-            Phase::Echoing | Phase::Draining { .. } if may_read => {
-                more = self.pump(ctx, ready.read_closed)?;
-            }
-            Phase::Lingering if may_read => more = self.discard(ctx, ready.read_closed)?,
+            Phase::Echoing | Phase::Draining { .. } if may_read => more = self.pump(ctx)?,
+            Phase::Lingering if may_read => more = self.discard(ctx)?,
             _ => {}
         }
         if let Phase::Draining { owed } = self.phase {
-            if owed == 0 || self.read_closed {
+            if owed == 0 || self.input == Input::Closed {
                 // SPEC Draining 3: the echo of what arrived before the drain, then the notice.
                 self.send(&ctx.notice)?;
                 self.phase = Phase::Noticing;
@@ -298,8 +326,8 @@ impl<S: Stream> Connection<S> {
             // SPEC Draining 3: notice, then FIN; from then on read and discard.
             self.stream.shutdown_write()?;
             self.phase = Phase::Lingering;
-            if !self.read_closed {
-                more = self.discard(ctx, ready.read_closed)?;
+            if self.input != Input::Closed {
+                more = self.discard(ctx)?;
             }
         }
         Ok(more)
@@ -309,7 +337,7 @@ impl<S: Stream> Connection<S> {
     /// the drain's owed bytes are done, or the per-event cap is reached.
     /// Returns true when it stopped at the cap with input possibly left.
     #[inline]
-    fn pump(&mut self, ctx: &mut Ctx, eof_reported: bool) -> io::Result<bool> {
+    fn pump(&mut self, ctx: &mut Ctx) -> io::Result<bool> {
         self.read_paused = false;
         for _ in 0..ctx.reads_per_event {
             let room = ctx.max_pending.saturating_sub(self.pending.len());
@@ -328,7 +356,7 @@ impl<S: Stream> Connection<S> {
             let want = ctx.buf.len().min(room).min(owed);
             let n = match self.stream.read(&mut ctx.buf[..want]) {
                 Ok(0) => {
-                    self.read_closed = true;
+                    self.input = Input::Closed;
                     return Ok(false);
                 }
                 Ok(n) => n,
@@ -350,11 +378,11 @@ impl<S: Stream> Connection<S> {
                 false
             };
             self.send(&ctx.buf[..n])?;
-            // SPEC Running: a short read means the receive buffer is now empty,
-            // which saves the read that would only return WouldBlock. Not when
-            // the event also reported EOF: that EOF must still be read. Not
-            // while draining either, where `owed` decides.
-            if n < want && !eof_reported && !draining {
+            // docs/protocol.md "Running": a short read means the receive
+            // buffer is now empty, which saves the read that would only return
+            // WouldBlock. Not once an end-of-stream was reported: it must
+            // still be read. Not while draining either, where `owed` decides.
+            if n < want && self.input == Input::Open && !draining {
                 return Ok(false);
             }
         }
@@ -363,15 +391,16 @@ impl<S: Stream> Connection<S> {
     }
 
     /// Reads and drops input while lingering. Returns true at the per-event cap.
-    fn discard(&mut self, ctx: &mut Ctx, eof_reported: bool) -> io::Result<bool> {
+    fn discard(&mut self, ctx: &mut Ctx) -> io::Result<bool> {
         self.read_paused = false;
         for _ in 0..ctx.reads_per_event {
             match self.stream.read(&mut ctx.buf) {
                 Ok(0) => {
-                    self.read_closed = true;
+                    self.input = Input::Closed;
                     return Ok(false);
                 }
-                Ok(n) if n < ctx.buf.len() && !eof_reported => return Ok(false),
+                // A short read means "empty" only while no end-of-stream was reported.
+                Ok(n) if n < ctx.buf.len() && self.input == Input::Open => return Ok(false),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -418,14 +447,16 @@ impl<S: Stream> Connection<S> {
     #[inline(always)]
     fn next_step(&mut self, more: bool) -> Step {
         let interest = match self.phase {
-            Phase::Echoing if self.read_closed => {
+            Phase::Echoing if self.input == Input::Closed => {
                 if self.pending.is_empty() {
                     // SPEC Running: a half-closed peer got all its echo; close.
                     return Step::Close(Closed::PeerDone);
                 }
                 Interest::WRITABLE
             }
-            Phase::Lingering if self.read_closed => return Step::Close(Closed::PeerDone),
+            Phase::Lingering if self.input == Input::Closed => {
+                return Step::Close(Closed::PeerDone);
+            }
             Phase::Noticing => Interest::WRITABLE,
             Phase::Lingering => Interest::READABLE,
             Phase::Echoing | Phase::Draining { .. } => {
@@ -639,6 +670,123 @@ mod tests {
         }
     }
 
+    /// How the edge-triggered proptest ended.
+    #[derive(Debug, PartialEq, Eq)]
+    enum EdgeEnd {
+        Closed(Closed),
+        /// No event left to come and the connection still open: a lost end-of-stream.
+        Stuck,
+    }
+
+    /// Drives `conn` the way the server and edge-triggered epoll do: input
+    /// arrives in `steps` chunks up to `eof_at`, one event per arrival; the
+    /// rest comes in one last event that also reports the end-of-stream, and
+    /// no event ever reports it again. A connection that asks for another turn
+    /// (`more`) is served with [`Readiness::READABLE`], as the server's rearm
+    /// does; one waiting for WRITABLE gets a writable event each turn. Reads
+    /// return everything queued up to the buffer's size, as the kernel does,
+    /// so a short read really means "empty" while no EOF is queued.
+    fn drive_edges(
+        conn: &mut Connection<Fake>,
+        ctx: &mut Ctx,
+        steps: &[usize],
+        eof_at: usize,
+        drain_round: Option<usize>,
+    ) -> EdgeEnd {
+        let len = conn.stream.input.len();
+        let eof_at = eof_at.min(len);
+        let mut interest = Interest::READABLE;
+        let mut rearm = false;
+        let mut eof_sent = false;
+        for round in 0..100_000 {
+            let mut ready = Readiness::default();
+            let mut event = false;
+            let fake = &mut conn.stream;
+            if fake.arrived < eof_at {
+                let step = steps[round % steps.len()];
+                fake.arrived = (fake.arrived + step).min(eof_at);
+                ready.readable = true;
+                event = true;
+            } else if !eof_sent {
+                fake.arrived = len;
+                fake.peer_eof = true;
+                eof_sent = true;
+                ready = Readiness {
+                    readable: true,
+                    eof_reported: true,
+                };
+                event = true;
+            }
+            if round % 7 == 6 {
+                // Never a pure WouldBlock script: the writer makes progress eventually.
+                fake.calls = fake.calls.wrapping_add(1);
+            }
+            let mut steps_now = Vec::new();
+            if drain_round == Some(round) {
+                steps_now.push(conn.begin_drain(ctx));
+            }
+            if event || interest.is_writable() {
+                steps_now.push(conn.on_ready(ctx, ready));
+            }
+            if std::mem::take(&mut rearm) {
+                steps_now.push(conn.on_ready(ctx, Readiness::READABLE));
+            }
+            if steps_now.is_empty() && eof_sent {
+                return EdgeEnd::Stuck;
+            }
+            for step in steps_now {
+                match step {
+                    Step::Close(why) => return EdgeEnd::Closed(why),
+                    Step::Keep { interest: i, more } => {
+                        interest = i;
+                        rearm |= more;
+                    }
+                }
+            }
+        }
+        panic!("connection never finished");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        // Issue #8: an end-of-stream reported once, together with data, at a
+        // random point, is read on every path (fast path, pump at the cap and
+        // its rearm, backpressure, drain, discard) and the connection closes.
+        #[test]
+        fn an_end_of_stream_reported_once_is_always_read(
+            input in proptest::collection::vec(any::<u8>(), 0..6000),
+            steps in proptest::collection::vec(1usize..700, 1..8),
+            eof_at in 0usize..6000,
+            writes in proptest::collection::vec(0usize..900, 1..8),
+            max_pending in 1usize..3000,
+            buf_len in 16usize..512,
+            reads_per_event in 1usize..5,
+            drain_round in proptest::option::of(0usize..40),
+        ) {
+            prop_assume!(writes.iter().any(|&w| w > 0));
+            let fake = Fake {
+                input: input.clone(),
+                // Like the kernel: a read returns all that is queued, up to the buffer.
+                read_caps: vec![usize::MAX],
+                write_caps: writes,
+                ..Fake::default()
+            };
+            let mut conn = Connection::new(fake);
+            let mut ctx = Ctx::new(buf_len, NOTICE, max_pending, reads_per_event);
+            let end = drive_edges(&mut conn, &mut ctx, &steps, eof_at, drain_round);
+            prop_assert_eq!(end, EdgeEnd::Closed(Closed::PeerDone), "input={:?}", conn.input);
+            let out = &conn.stream.output;
+            if conn.stream.shut {
+                prop_assert!(out.ends_with(NOTICE), "FIN without the notice");
+                let echo = &out[..out.len() - NOTICE.len()];
+                prop_assert!(echo == &input[..echo.len()], "echo is not a prefix");
+            } else {
+                prop_assert!(out == &input, "echo differs");
+            }
+        }
+    }
+
     #[test]
     fn an_idle_connection_owns_no_heap() {
         let fake = Fake {
@@ -704,7 +852,7 @@ mod tests {
             &mut ctx(buf, 1024),
             Readiness {
                 readable: true,
-                read_closed: true,
+                eof_reported: true,
             },
         );
         assert_eq!(step, Step::Close(Closed::PeerDone));

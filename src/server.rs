@@ -308,7 +308,7 @@ impl Server {
             Token(key) if key < usize::MAX - 2 - self.addrs.len() => {
                 let ready = Readiness {
                     readable: event.is_readable() || event.is_read_closed() || event.is_error(),
-                    read_closed: event.is_read_closed(),
+                    eof_reported: event.is_read_closed(),
                 };
                 self.serve(key, ready);
             }
