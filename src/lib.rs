@@ -8,6 +8,7 @@
 //! - [`server`]: [`Server::bind`] and [`Server::run`]: the one `Poll`, tokens, dispatch.
 //! - `accept.rs`: listeners, admission at `--max-connections`, `EMFILE` back-off.
 //! - [`connection`]: one socket, its unsent bytes and phase; the echo and notice steps.
+//! - [`memory`]: the memory budget (`--max-pending-total`) and the pending buffers charged to it.
 //! - [`drain`]: the `Running -> Draining -> Stopped` state machine, pure and clock-free.
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
@@ -40,6 +41,7 @@ pub mod drain;
 pub mod error;
 pub mod load;
 pub mod logging;
+pub mod memory;
 pub mod notify;
 pub mod server;
 pub mod shutdown;
