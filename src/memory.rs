@@ -57,9 +57,13 @@ pub struct Budget {
     blocked: bool,
     /// Capacity freed since the server last returned memory to the OS.
     freed: usize,
-    /// Memory was freed since the server last looked: waiting connections
-    /// may be served, and memory may be returned to the OS.
+    /// Memory was freed (or an allocation failed) since the server last
+    /// looked: waiting connections may be served, memory may be returned to
+    /// the OS, a failure may be worth a warning.
     changed: bool,
+    /// Episodes of allocation failure so far: each begins with a failure
+    /// after memory was freed (or at start).
+    failures: u64,
     /// Tests only: make every allocation fail, as under a spent `RLIMIT_AS`.
     #[cfg(test)]
     pub(crate) fail_allocations: bool,
@@ -81,6 +85,7 @@ impl Budget {
             blocked: false,
             freed: 0,
             changed: false,
+            failures: 0,
             #[cfg(test)]
             fail_allocations: false,
         };
@@ -128,13 +133,14 @@ impl Budget {
         self.free() > 0 && self.spare.capacity() > 0
     }
 
-    /// True when memory was freed since the mark was last taken.
+    /// True when memory was freed (or an allocation failed) since the mark
+    /// was last taken.
     #[inline(always)]
     pub fn is_changed(&self) -> bool {
         self.changed
     }
 
-    /// Takes the "memory was freed" mark; true when it was set.
+    /// Takes the "memory was freed or an allocation failed" mark; true when it was set.
     #[inline(always)]
     pub fn take_changed(&mut self) -> bool {
         std::mem::take(&mut self.changed)
@@ -168,8 +174,17 @@ impl Budget {
     }
 
     fn fail(&mut self) {
+        if !self.blocked {
+            self.failures += 1;
+            self.changed = true;
+        }
         self.blocked = true;
         self.update();
+    }
+
+    /// Episodes of allocation failure so far (for the server's warning).
+    pub fn failures(&self) -> u64 {
+        self.failures
     }
 
     fn update(&mut self) {

@@ -130,6 +130,9 @@ pub struct Server {
     /// freed, as many as the budget then allows. A key is listed once
     /// (`Connection::awaiting_budget`); a stale key is skipped.
     waiters: VecDeque<usize>,
+    /// Allocation-failure episodes already warned about, and when the last
+    /// warning was logged (at most one a second).
+    memory_warned: (u64, Option<Instant>),
     /// Accept admission and back-off (see accept.rs).
     pub(crate) accept: crate::accept::AcceptState,
     /// Counters.
@@ -195,6 +198,7 @@ impl Server {
             closing: Vec::new(),
             rearm: Vec::new(),
             waiters: VecDeque::new(),
+            memory_warned: (0, None),
             accept: Default::default(),
             stats: Stats::default(),
             handle: ShutdownHandle::new(waker),
@@ -377,6 +381,7 @@ impl Server {
             if !self.ctx.budget.take_changed() {
                 return;
             }
+            self.warn_allocation_failure();
             if self.ctx.budget.freed() >= TRIM_AFTER {
                 self.ctx.budget.take_freed();
                 crate::sys::release_free_memory();
@@ -416,6 +421,30 @@ impl Server {
         self.stats.accepted += 1;
         self.notifier.connections_changed();
         debug!("connection opened: peer={peer} token={key}");
+    }
+
+    /// An operator should know that memory ran out before the budget did
+    /// (a container or `RLIMIT_AS` limit below it): warned once per episode,
+    /// at most once a second.
+    fn warn_allocation_failure(&mut self) {
+        let failures = self.ctx.budget.failures();
+        if failures == self.memory_warned.0 {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .memory_warned
+            .1
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.memory_warned = (failures, Some(now));
+        warn!(
+            "memory allocation failed: pending={} connections={}; reading paused until memory is freed",
+            self.ctx.budget.charged(),
+            self.conns.len()
+        );
     }
 
     /// Removes the connections closed during the batch. Inlined for the

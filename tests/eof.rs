@@ -132,6 +132,10 @@ fn end_of_stream_behind_a_megabyte_sent_while_the_server_was_stopped_is_read() {
         });
         assert_all_ok(&echod, results);
     }
+    eprintln!(
+        "note: {fully_queued} of {} connections had every byte and the FIN queued",
+        ROUNDS * CONNECTIONS
+    );
     assert!(
         fully_queued > 0,
         "no connection had its megabyte and FIN queued at the server: the test proved nothing"

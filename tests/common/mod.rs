@@ -207,6 +207,14 @@ impl Echod {
         )
     }
 
+    /// Asks for a `stats:` line (SIGUSR1) and returns it. Every event the
+    /// server had read before the signal is handled by then: a barrier.
+    #[track_caller]
+    pub fn stats(&mut self) -> String {
+        self.signal(libc::SIGUSR1);
+        self.next_line_matching("stats: ", LIMIT)
+    }
+
     /// Connects to the first listener.
     #[track_caller]
     pub fn connect(&self) -> TcpStream {
@@ -221,6 +229,19 @@ impl Drop for Echod {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The number after `key=` in a log line such as `stats: ... pending=123`.
+#[track_caller]
+pub fn field(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    line[at + key.len() + 2..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {key}= in {line:?}"))
 }
 
 /// The address in a `listening on IP:PORT` line.
