@@ -800,7 +800,7 @@ mod tests {
     /// arrives in `steps` chunks up to `eof_at`, one event per arrival; the
     /// rest comes in one last event that also reports the end-of-stream, and
     /// no event ever reports it again. A connection that asks for another turn
-    /// (`more`) is served with [`Readiness::READABLE`], as the server's rearm
+    /// (`Resume::NextTurn`) is served with [`Readiness::READABLE`], as the server's rearm
     /// does; one waiting for WRITABLE gets a writable event each turn. Reads
     /// return everything queued up to the buffer's size, as the kernel does,
     /// so a short read really means "empty" while no EOF is queued.
