@@ -374,6 +374,11 @@ impl Server {
     /// give the heap's free pages back to the OS once enough has been freed,
     /// and serve the connections waiting for memory, oldest first, while the
     /// budget has room. Only waiters are visited, never every connection.
+    ///
+    /// Kept out of the loop: inlined into it, it cost the steady path two
+    /// instructions per round trip (callgrind).
+    #[cold]
+    #[inline(never)]
     fn on_memory_freed(&mut self) {
         // Serving waiters and removing those that closed may free more; a
         // few rounds, and whatever is left waits for the next freeing.
