@@ -41,6 +41,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Unsent echo bytes a connection may hold before the server stops reading it.
     pub max_pending: usize,
+    /// Unsent echo bytes all connections together may hold (the memory
+    /// budget); when spent, a connection that needs more stops being read.
+    pub max_pending_total: usize,
     /// The listen backlog passed to `listen(2)` (the kernel caps it at `somaxconn`).
     pub backlog: u32,
     /// Where to write the PID after binding; removed at exit if it still holds this PID.
@@ -59,6 +62,7 @@ impl Default for Config {
             shutdown_message: b"SHUTDOWN".to_vec(),
             max_connections: 10_000,
             max_pending: 256 * 1024,
+            max_pending_total: 16 * 1024 * 1024,
             backlog: 1024,
             pid_file: None,
             log_level: None,
@@ -90,6 +94,13 @@ impl Config {
         }
         if self.max_pending == 0 {
             return Err(UsageError::new("--max-pending", "0", "must be at least 1"));
+        }
+        if self.max_pending_total == 0 {
+            return Err(UsageError::new(
+                "--max-pending-total",
+                "0",
+                "must be at least 1",
+            ));
         }
         if self.backlog == 0 || self.backlog > i32::MAX as u32 {
             let value = self.backlog.to_string();
@@ -174,6 +185,8 @@ Options:
       --max-connections N       connections served at once [default: 10000]
       --max-pending BYTES       unsent echo bytes per connection before reading pauses;
                                 suffixes K, M (KiB, MiB) allowed [default: 256K]
+      --max-pending-total BYTES unsent echo bytes of all connections together (the memory
+                                budget); when spent, connections that need more pause [default: 16M]
       --backlog N               listen backlog [default: 1024]
       --reuse-port              set SO_REUSEPORT so several processes share the port
       --pid-file PATH           write the PID here after binding (atomically);
@@ -232,6 +245,10 @@ where
             Long("max-pending") => {
                 let value = string_value(&mut parser, "--max-pending")?;
                 config.max_pending = parse_bytes("--max-pending", &value)?;
+            }
+            Long("max-pending-total") => {
+                let value = string_value(&mut parser, "--max-pending-total")?;
+                config.max_pending_total = parse_bytes("--max-pending-total", &value)?;
             }
             Long("backlog") => {
                 let value = string_value(&mut parser, "--backlog")?;
@@ -396,6 +413,7 @@ mod tests {
         assert_eq!(config, Config::default());
         assert_eq!(config.listen, vec!["127.0.0.1:9999".parse().unwrap()]);
         assert_eq!(config.max_pending, 262_144);
+        assert_eq!(config.max_pending_total, 16 << 20);
         assert_eq!(config.backlog, 1024);
         assert_eq!(config.drain_timeout, Duration::from_secs(5));
     }
@@ -415,6 +433,8 @@ mod tests {
             "7",
             "--max-pending",
             "64K",
+            "--max-pending-total",
+            "2M",
             "--backlog",
             "4096",
             "--pid-file",
@@ -435,6 +455,7 @@ mod tests {
         assert_eq!(config.shutdown_message, b"BYE");
         assert_eq!(config.max_connections, 7);
         assert_eq!(config.max_pending, 65_536);
+        assert_eq!(config.max_pending_total, 2 << 20);
         assert_eq!(config.backlog, 4096);
         assert_eq!(config.pid_file, Some(PathBuf::from("/tmp/x.pid")));
         assert_eq!(config.log_level, Some(LevelFilter::Debug));
@@ -518,6 +539,14 @@ mod tests {
             (
                 &["--max-pending", "0"],
                 "--max-pending \"0\": must be at least 1",
+            ),
+            (
+                &["--max-pending-total", "0"],
+                "--max-pending-total \"0\": must be at least 1",
+            ),
+            (
+                &["--max-pending-total", "lots"],
+                "--max-pending-total \"lots\": expected bytes",
             ),
             (
                 &["--backlog", "0"],

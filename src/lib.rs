@@ -10,6 +10,7 @@
 //!   the one `Poll`, tokens, dispatch.
 //! - `accept.rs`: listeners, admission at `--max-connections`, `EMFILE` back-off.
 //! - [`connection`]: one socket, its unsent bytes and phase; the echo and notice steps.
+//! - [`memory`]: the memory budget (`--max-pending-total`) and the pending buffers charged to it.
 //! - [`drain`]: the `Running -> (LameDuck) -> Draining -> Stopped` state machine, pure and clock-free.
 //! - `episode.rs`: when a repeatable warning is said (once per episode), pure and clock-free.
 //! - `per_ip.rs`: the `--max-connections-per-ip` table and its warning cadence (not yet wired).
@@ -53,6 +54,7 @@ mod handover;
 #[allow(dead_code, unused_imports)]
 mod health;
 pub mod logging;
+pub mod memory;
 pub mod notify;
 // Pure pieces not yet wired into the loop: the per-address limit
 // (--max-connections-per-ip) and the idle sweep (--idle-timeout). Private

@@ -9,6 +9,7 @@
 //! `Interrupted`), dispatch by token, remove connections closed during the
 //! batch, let the lifecycle react to the clock, stop at `Stopped`.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::{Closed, Connection, Ctx, Readiness, Step};
+use crate::connection::{Closed, Connection, Ctx, Readiness, Resume, Step};
 use crate::drain::{DrainEnd, DrainReason, Due, Lifecycle, State};
 use crate::error::Error;
 use crate::notify::Notifier;
@@ -42,6 +43,12 @@ const READ_BUFFER: usize = 64 * 1024;
 const READS_PER_EVENT: usize = 16;
 /// Events taken from the kernel per `poll`.
 const EVENTS_PER_POLL: usize = 1024;
+/// Freed pending memory after which the heap's free pages go back to the
+/// OS: the allocator keeps freed blocks for reuse, so without this RSS stays
+/// at its peak after never-reading clients leave (docs/protocol.md "Running").
+/// Large enough that a connection emptying its buffer now and then costs
+/// nothing; small enough that RSS follows a crowd of leaving clients.
+const TRIM_AFTER: usize = 1024 * 1024;
 
 /// Counters kept over the server's life, logged on SIGUSR1 and at the end.
 /// (Echoed bytes are counted in the connections' shared context.)
@@ -122,6 +129,14 @@ pub struct Server {
     /// Connections that stopped reading at the per-event cap with input left;
     /// served again next turn, since no new edge will report that input.
     rearm: Vec<usize>,
+    /// Connections that stopped reading because the memory budget was spent
+    /// (or an allocation failed), oldest first; served again when memory is
+    /// freed, as many as the budget then allows. A key is listed once
+    /// (`Connection::awaiting_budget`); a stale key is skipped.
+    waiters: VecDeque<usize>,
+    /// Allocation-failure episodes already warned about, and when the last
+    /// warning was logged (at most one a second).
+    memory_warned: (u64, Option<Instant>),
     /// Accept admission and back-off (see accept.rs).
     pub(crate) accept: crate::accept::AcceptState,
     /// Counters.
@@ -206,12 +221,15 @@ impl Server {
                 READ_BUFFER,
                 &config.shutdown_message,
                 config.max_pending,
+                config.max_pending_total,
                 READS_PER_EVENT,
             ),
             // No lame duck until --drain-delay is wired into Config.
             life: Lifecycle::new(Duration::ZERO, config.drain_timeout),
             closing: Vec::new(),
             rearm: Vec::new(),
+            waiters: VecDeque::new(),
+            memory_warned: (0, None),
             accept: Default::default(),
             stats: Stats::default(),
             handle: ShutdownHandle::new(waker),
@@ -288,6 +306,9 @@ impl Server {
                 }
             }
             self.remove_closed();
+            if self.ctx.budget.is_changed() {
+                self.on_memory_freed();
+            }
             timers = self.has_timers();
             if timers {
                 self.on_clock(Instant::now());
@@ -347,7 +368,7 @@ impl Server {
             Token(key) if key < usize::MAX - 2 - self.addrs.len() => {
                 let ready = Readiness {
                     readable: event.is_readable() || event.is_read_closed() || event.is_error(),
-                    read_closed: event.is_read_closed(),
+                    eof_reported: event.is_read_closed(),
                 };
                 self.serve(key, ready);
             }
@@ -372,7 +393,8 @@ impl Server {
             return;
         }
         let step = conn.on_ready(&mut self.ctx, ready);
-        if matches!(step, Step::Keep { interest, more: false } if interest == conn.registered) {
+        if matches!(step, Step::Keep { interest, resume: Resume::OnEvent } if interest == conn.registered)
+        {
             // The steady path: nothing to reregister, nothing to queue.
             return;
         }
@@ -383,7 +405,48 @@ impl Server {
             step,
             &mut self.closing,
             &mut self.rearm,
+            &mut self.waiters,
         );
+    }
+
+    /// Pending memory was freed (a buffer written out, a connection closed):
+    /// give the heap's free pages back to the OS once enough has been freed,
+    /// and serve the connections waiting for memory, oldest first, while the
+    /// budget has room. Only waiters are visited, never every connection.
+    ///
+    /// Kept out of the loop: inlined into it, it cost the steady path two
+    /// instructions per round trip (callgrind).
+    #[cold]
+    #[inline(never)]
+    fn on_memory_freed(&mut self) {
+        // Serving waiters and removing those that closed may free more; a
+        // few rounds, and whatever is left waits for the next freeing.
+        for _ in 0..4 {
+            if !self.ctx.budget.take_changed() {
+                return;
+            }
+            self.warn_allocation_failure();
+            if self.ctx.budget.freed() >= TRIM_AFTER {
+                self.ctx.budget.take_freed();
+                crate::sys::release_free_memory();
+            }
+            // Each waiter at most once: one that finds no room lists itself again.
+            for _ in 0..self.waiters.len() {
+                if !self.ctx.budget.has_room() {
+                    break;
+                }
+                let Some(key) = self.waiters.pop_front() else {
+                    break;
+                };
+                match self.conns.get_mut(key) {
+                    // A stale key: that connection closed, or the key was reused.
+                    Some(conn) if conn.awaiting_budget => conn.awaiting_budget = false,
+                    _ => continue,
+                }
+                self.serve(key, Readiness::READABLE);
+            }
+            self.remove_closed();
+        }
     }
 
     pub(crate) fn admit(&mut self, stream: mio::net::TcpStream, peer: SocketAddr) {
@@ -405,14 +468,48 @@ impl Server {
         debug!("connection opened: peer={peer} token={key}");
     }
 
-    fn remove_closed(&mut self) {
-        if self.closing.is_empty() {
+    /// An operator should know that memory ran out before the budget did
+    /// (a container or `RLIMIT_AS` limit below it): warned once per episode,
+    /// at most once a second.
+    fn warn_allocation_failure(&mut self) {
+        let failures = self.ctx.budget.failures();
+        if failures == self.memory_warned.0 {
             return;
         }
+        let now = Instant::now();
+        if self
+            .memory_warned
+            .1
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.memory_warned = (failures, Some(now));
+        warn!(
+            "memory allocation failed: pending={} connections={}; reading paused until memory is freed",
+            self.ctx.budget.charged(),
+            self.conns.len()
+        );
+    }
+
+    /// Removes the connections closed during the batch. Inlined for the
+    /// check alone: the steady path has nothing to remove, and a call per
+    /// turn cost it 17 instructions (callgrind).
+    #[inline(always)]
+    fn remove_closed(&mut self) {
+        if !self.closing.is_empty() {
+            self.remove_closed_now();
+        }
+    }
+
+    fn remove_closed_now(&mut self) {
         let draining = !self.life.is_running();
         for key in self.closing.drain(..) {
-            if self.conns.try_remove(key).is_some() && draining {
-                self.stats.left += 1;
+            if let Some(mut conn) = self.conns.try_remove(key) {
+                conn.release(&mut self.ctx);
+                if draining {
+                    self.stats.left += 1;
+                }
             }
         }
         self.notifier.connections_changed();
@@ -494,6 +591,7 @@ impl Server {
             step,
             &mut self.closing,
             &mut self.rearm,
+            &mut self.waiters,
         );
     }
 
@@ -529,6 +627,7 @@ impl Server {
     fn close_all(&mut self, why: DrainEnd) {
         for (_, conn) in self.conns.iter_mut() {
             conn.discard_unread(&mut self.ctx.buf);
+            conn.release(&mut self.ctx);
         }
         let open = (self.conns.len() - self.closing.len()) as u64;
         match why {
@@ -558,10 +657,11 @@ impl Server {
             State::Stopped { .. } => "stopped",
         };
         info!(
-            "stats: state={state} connections={} accepted={} bytes_echoed={} uptime={:.1}s",
+            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s",
             self.conns.len(),
             self.stats.accepted,
             self.ctx.bytes_echoed,
+            self.ctx.budget.charged(),
             self.started.elapsed().as_secs_f64()
         );
     }
@@ -599,7 +699,8 @@ impl Server {
 }
 
 /// Applies a connection's step: reregister when the interest changed, queue
-/// it for another turn, or schedule its removal after the batch.
+/// it for another turn or for freed memory, or schedule its removal after
+/// the batch.
 #[inline]
 fn apply(
     registry: &Registry,
@@ -608,9 +709,10 @@ fn apply(
     step: Step,
     closing: &mut Vec<usize>,
     rearm: &mut Vec<usize>,
+    waiters: &mut VecDeque<usize>,
 ) {
     match step {
-        Step::Keep { interest, more } => {
+        Step::Keep { interest, resume } => {
             if interest != conn.registered {
                 if let Err(err) = registry.reregister(conn.stream_mut(), Token(key), interest) {
                     debug!("connection closed: token={key} reregister failed: {err}");
@@ -620,8 +722,14 @@ fn apply(
                 }
                 conn.registered = interest;
             }
-            if more {
-                rearm.push(key);
+            match resume {
+                Resume::OnEvent => {}
+                Resume::NextTurn => rearm.push(key),
+                Resume::WhenBudget if !conn.awaiting_budget => {
+                    conn.awaiting_budget = true;
+                    waiters.push_back(key);
+                }
+                Resume::WhenBudget => {}
             }
         }
         Step::Close(why) => {

@@ -104,6 +104,29 @@ pub fn send(fd: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Returns the heap's free memory to the operating system: glibc's
+/// `malloc_trim(0)`, which also releases free pages in the middle of the
+/// heap, not only at its top. Returns true when memory was released.
+///
+/// # Notes
+///
+/// glibc keeps freed blocks for reuse and raises its mmap threshold as
+/// large blocks are freed, so buffers freed by clients that left would
+/// otherwise stay resident. Other C libraries (musl) return memory on their
+/// own; there this does nothing and returns false.
+pub fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only walks the allocator's own free lists; it
+        // takes the allocator's locks like any malloc call.
+        unsafe { libc::malloc_trim(0) != 0 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Pins the calling thread to one CPU.
 ///
 /// # Errors

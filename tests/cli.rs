@@ -230,6 +230,7 @@ fn help_lists_every_option_and_exits_0() {
         "--shutdown-message",
         "--max-connections",
         "--max-pending",
+        "--max-pending-total",
         "--backlog",
         "--reuse-port",
         "--pid-file",

@@ -5,7 +5,6 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -91,40 +90,6 @@ fn client_sending_across_the_signal_gets_exact_prefix_then_notice_then_eof() {
     assert!(echoed >= 256 * 1024);
     drop(reader);
     assert!(echod.wait_exit(LIMIT).success(), "{}", echod.stderr());
-}
-
-/// Returns the bytes this socket has not yet had acknowledged (SIOCOUTQ).
-fn unacked(stream: &std::net::TcpStream) -> usize {
-    let mut n: libc::c_int = 0;
-    // SAFETY: TIOCOUTQ writes one c_int.
-    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-    assert_eq!(rc, 0);
-    n as usize
-}
-
-/// Writes `sent` without reading until the server stops taking bytes, and
-/// returns how many were written. The server stops reading at
-/// `--max-pending`, then its receive buffer fills, then ours.
-fn fill_until_blocked(client: &mut std::net::TcpStream, sent: &[u8]) -> usize {
-    client.set_nonblocking(true).unwrap();
-    let mut written = 0;
-    let mut last_progress = Instant::now();
-    // No progress for a while means both socket buffers are full; this window
-    // only decides when to stop filling, nothing is asserted from it.
-    while last_progress.elapsed() < Duration::from_millis(500) && written < sent.len() {
-        match client.write(&sent[written..]) {
-            Ok(n) => {
-                written += n;
-                last_progress = Instant::now();
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(e) => panic!("write: {e}"),
-        }
-    }
-    client.set_nonblocking(false).unwrap();
-    written
 }
 
 #[test]

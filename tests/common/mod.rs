@@ -8,7 +8,8 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
@@ -100,6 +101,23 @@ impl Echod {
         self.child.id() as i32
     }
 
+    /// Stops the child with SIGSTOP and waits until the kernel shows it
+    /// stopped, so whatever a client sends next queues in the kernel unread.
+    #[track_caller]
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+        let pid = self.pid();
+        wait_until(LIMIT, "echod to be stopped", || process_state(pid) == 'T');
+    }
+
+    /// Resumes a child stopped by [`Echod::pause`] and waits until it runs.
+    #[track_caller]
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+        let pid = self.pid();
+        wait_until(LIMIT, "echod to run again", || process_state(pid) != 'T');
+    }
+
     /// Waits for a stderr line containing `pattern` (searching lines already
     /// seen first) and returns it.
     #[track_caller]
@@ -189,6 +207,14 @@ impl Echod {
         )
     }
 
+    /// Asks for a `stats:` line (SIGUSR1) and returns it. Every event the
+    /// server had read before the signal is handled by then: a barrier.
+    #[track_caller]
+    pub fn stats(&mut self) -> String {
+        self.signal(libc::SIGUSR1);
+        self.next_line_matching("stats: ", LIMIT)
+    }
+
     /// Connects to the first listener.
     #[track_caller]
     pub fn connect(&self) -> TcpStream {
@@ -203,6 +229,19 @@ impl Drop for Echod {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The number after `key=` in a log line such as `stats: ... pending=123`.
+#[track_caller]
+pub fn field(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(&format!(" {key}="))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    line[at + key.len() + 2..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {key}= in {line:?}"))
 }
 
 /// The address in a `listening on IP:PORT` line.
@@ -316,6 +355,71 @@ pub fn rss_bytes(pid: i32) -> u64 {
     kib * 1024
 }
 
+/// A process's state letter from `/proc/PID/stat` (`R`, `S`, `T` for stopped, ...).
+pub fn process_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    rest.chars().next().expect("state")
+}
+
+/// TCP state `CLOSE_WAIT` as `/proc/net/tcp` writes it: the peer's FIN was
+/// received (after every byte before it) and the socket is not closed yet.
+pub const TCP_CLOSE_WAIT: u8 = 0x08;
+
+/// The kernel's state of the IPv4 socket bound to `local` and connected to
+/// `remote` (a `TCP_*` value from `/proc/net/tcp`), or `None` if there is none.
+pub fn tcp_state(local: SocketAddr, remote: SocketAddr) -> Option<u8> {
+    let hex = |addr: SocketAddr| match addr.ip() {
+        IpAddr::V4(ip) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(ip.octets()),
+            addr.port()
+        ),
+        IpAddr::V6(_) => panic!("tcp_state reads /proc/net/tcp: IPv4 only"),
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str()))
+            .then(|| u8::from_str_radix(fields[3], 16).expect("state field"))
+    })
+}
+
+/// Bytes this socket has sent but not yet had acknowledged (`SIOCOUTQ`).
+pub fn unacked(stream: &TcpStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ writes one c_int through the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(rc, 0, "TIOCOUTQ: {}", std::io::Error::last_os_error());
+    n as usize
+}
+
+/// Writes `sent` without reading until the server stops taking bytes, and
+/// returns how many were written. The server stops reading at
+/// `--max-pending`, then its receive buffer fills, then ours.
+pub fn fill_until_blocked(client: &mut TcpStream, sent: &[u8]) -> usize {
+    client.set_nonblocking(true).expect("non-blocking");
+    let mut written = 0;
+    let mut last_progress = Instant::now();
+    // No progress for a while means both socket buffers are full; this window
+    // only decides when to stop filling, nothing is asserted from it.
+    while last_progress.elapsed() < Duration::from_millis(500) && written < sent.len() {
+        match client.write(&sent[written..]) {
+            Ok(n) => {
+                written += n;
+                last_progress = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    client.set_nonblocking(false).expect("blocking");
+    written
+}
+
 /// CPU time (user + system) a process has used, from `/proc/PID/stat`, in clock ticks.
 pub fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
@@ -334,6 +438,21 @@ pub fn voluntary_switches(pid: i32) -> u64 {
         .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("voluntary_ctxt_switches")
+}
+
+/// Polls `cond` until it holds or `limit` passes; returns whether it held.
+/// For a wait whose outcome the test checks itself.
+pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Waits until `cond` holds, polling; panics naming `what` after `limit`.
