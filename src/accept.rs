@@ -1,12 +1,14 @@
-//! Listeners and accepting: building the listening sockets, admission at
-//! `--max-connections`, and the back-off on descriptor exhaustion (SPEC
-//! "Running", "Command line" `--backlog`, "Operations" socket activation).
+//! `Acceptor`: the listeners, admission at `--max-connections`, and the
+//! back-off after a failed accept (docs/protocol.md "Running", "Command line"
+//! `--backlog`, "Operations" socket activation).
 //!
-//! Accepting is part of the server's loop (these are `Server` methods); this
-//! file only keeps that part readable on its own. It never decides the
-//! drain; `begin_drain` calls [`Server::accept_ready`] once more to take the
-//! backlog before the listeners close.
-
+//! The acceptor owns the listening sockets and decides whether the next
+//! connection may be taken; it hands each accepted stream to the server,
+//! which registers it and keeps it. It never touches the `Poll` (the server
+//! registers the listeners it lends out, [`Acceptor::listeners_mut`]) and
+//! never decides the drain: the server asks it once more for the backlog
+//! ([`Acceptor::accept`]) and then closes it ([`Acceptor::close`]), after
+//! which it is a dead time-driven source that answers `None`.
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -18,7 +20,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::episode::{Episode, QUIET, earliest};
 use crate::error::Error;
-use crate::server::{Listener, Server};
+
+/// A bound listener and the address it really got.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    /// The non-blocking listening socket, registered with `listener_token(index)`.
+    pub(crate) socket: TcpListener,
+    /// Its local address, with the real port when port 0 was asked for.
+    pub(crate) addr: SocketAddr,
+}
 
 /// How long accepting pauses after `EMFILE`/`ENFILE` (or another accept error).
 const BACKOFF: Duration = Duration::from_millis(100);
@@ -26,11 +36,11 @@ const BACKOFF: Duration = Duration::from_millis(100);
 /// Admission state: whether accepting is paused, why, and the episodes of
 /// its warnings. A time-driven source of the loop: it answers
 /// [`AcceptState::next_wakeup`] and [`AcceptState::on_clock`] in every
-/// state, and once the listeners close ([`AcceptState::close`]) it is dead
+/// state, and once the listeners close ([`Acceptor::close`]) it is dead
 /// and answers `None`. Every change goes through a method here, which
 /// keeps `next` up to date.
 #[derive(Debug, Default)]
-pub(crate) struct AcceptState {
+struct AcceptState {
     /// At `--max-connections`; cleared (and accepting resumed) when one closes.
     at_limit: bool,
     /// The `connection limit reached` warning: opened when a client is seen
@@ -79,15 +89,6 @@ impl AcceptState {
         }
         self.schedule();
         retry
-    }
-
-    /// The listeners closed (the drain began): nothing is accepted any more,
-    /// so the back-off and the episodes end here, silently, and nothing is
-    /// scheduled again. Without this a back-off begun before the drain stayed
-    /// the nearest deadline and the loop woke every 0.5 ms until the end
-    /// (issue 8).
-    pub(crate) fn close(&mut self) {
-        *self = AcceptState::default();
     }
 
     /// The server is at the limit; `client_waiting` when a client was seen
@@ -158,47 +159,8 @@ impl AcceptState {
     }
 }
 
-/// Binds one listener per `--listen` address.
-pub(crate) fn bind_listeners(config: &Config) -> Result<Vec<Listener>, Error> {
-    config
-        .listen
-        .iter()
-        .map(|&addr| bind_one(addr, config).map_err(|source| Error::Listen { addr, source }))
-        .collect()
-}
-
-/// Takes listening sockets the caller already has (docs/protocol.md
-/// "Operations": socket activation), learning their addresses.
-pub(crate) fn adopt_listeners(sockets: Vec<std::net::TcpListener>) -> Result<Vec<Listener>, Error> {
-    if sockets.is_empty() {
-        return Err(Error::Inherit {
-            detail: "no listening socket was given".to_owned(),
-        });
-    }
-    let inherit = |what: &str, err: io::Error| Error::Inherit {
-        detail: format!("{what}: {}", crate::error::os_reason(&err)),
-    };
-    sockets
-        .into_iter()
-        .map(|socket| {
-            // mio needs non-blocking sockets; one from an embedder may not be.
-            socket
-                .set_nonblocking(true)
-                .map_err(|err| inherit("cannot make a socket non-blocking", err))?;
-            let addr = socket
-                .local_addr()
-                .map_err(|err| inherit("cannot read a socket's address", err))?;
-            info!("using inherited socket: addr={addr}");
-            Ok(Listener {
-                socket: TcpListener::from_std(socket),
-                addr,
-            })
-        })
-        .collect()
-}
-
 /// Builds one listener by hand: `mio`'s `bind` fixes the backlog at 128,
-/// too small for a burst of thousands of connects (SPEC "Running").
+/// too small for a burst of thousands of connects (docs/protocol.md "Running").
 fn bind_one(addr: SocketAddr, config: &Config) -> io::Result<Listener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Lets a new process bind at once while old connections sit in TIME_WAIT.
@@ -218,86 +180,209 @@ fn bind_one(addr: SocketAddr, config: &Config) -> io::Result<Listener> {
     })
 }
 
-impl Server {
-    /// Accepts from listener `index` until the backlog is empty, the
-    /// connection limit is reached (only while running) or accepting fails.
+/// Whether [`Acceptor::accept`] applies the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Serving: `--max-connections` and the back-off apply.
+    Limited,
+    /// The drain is taking the backlog (docs/protocol.md "Draining" 2):
+    /// every connection already queued is taken, whatever the limit says.
+    Backlog,
+}
+
+/// The listeners and their admission state; owned by the server and closed
+/// when the drain begins.
+#[derive(Debug)]
+pub(crate) struct Acceptor {
+    /// Listening sockets, in `--listen` order; empty once closed.
+    listeners: Vec<Listener>,
+    /// `--max-connections`: at this many open connections accepting stops.
+    max_connections: usize,
+    /// Whether accepting is paused, why, and the episodes of its warnings.
+    state: AcceptState,
+}
+
+impl Acceptor {
+    /// Binds one listener per `config.listen` address.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Listen`] naming the address that could not be bound.
+    pub(crate) fn bind(config: &Config) -> Result<Acceptor, Error> {
+        let listeners = config
+            .listen
+            .iter()
+            .map(|&addr| bind_one(addr, config).map_err(|source| Error::Listen { addr, source }))
+            .collect::<Result<_, _>>()?;
+        Ok(Acceptor::new(listeners, config))
+    }
+
+    /// Takes listening sockets the caller already has (docs/protocol.md
+    /// "Operations": socket activation, take-over), learning their addresses.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Inherit`] when there is none, or one cannot be made
+    /// non-blocking or has no address.
+    pub(crate) fn adopt(
+        sockets: Vec<std::net::TcpListener>,
+        config: &Config,
+    ) -> Result<Acceptor, Error> {
+        if sockets.is_empty() {
+            return Err(Error::Inherit {
+                detail: "no listening socket was given".to_owned(),
+            });
+        }
+        let inherit = |what: &str, err: io::Error| Error::Inherit {
+            detail: format!("{what}: {}", crate::error::os_reason(&err)),
+        };
+        let listeners = sockets
+            .into_iter()
+            .map(|socket| {
+                // mio needs non-blocking sockets; one from an embedder may not be.
+                socket
+                    .set_nonblocking(true)
+                    .map_err(|err| inherit("cannot make a socket non-blocking", err))?;
+                let addr = socket
+                    .local_addr()
+                    .map_err(|err| inherit("cannot read a socket's address", err))?;
+                Ok(Listener {
+                    socket: TcpListener::from_std(socket),
+                    addr,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Acceptor::new(listeners, config))
+    }
+
+    fn new(listeners: Vec<Listener>, config: &Config) -> Acceptor {
+        Acceptor {
+            listeners,
+            max_connections: config.max_connections,
+            state: AcceptState::default(),
+        }
+    }
+
+    /// The listeners' addresses, with real ports.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|l| l.addr).collect()
+    }
+
+    /// How many listeners are open.
+    pub(crate) fn len(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// Each listener with its index, for the server to register.
+    pub(crate) fn listeners_mut(&mut self) -> impl Iterator<Item = (usize, &mut TcpListener)> {
+        self.listeners
+            .iter_mut()
+            .enumerate()
+            .map(|(index, l)| (index, &mut l.socket))
+    }
+
+    /// When [`Acceptor::on_clock`] has something to do: the end of a
+    /// back-off or of a warning's episode. `None` once closed.
+    #[inline]
+    pub(crate) fn next_wakeup(&self) -> Option<Instant> {
+        self.state.next_wakeup()
+    }
+
+    /// Ends the back-off and the episodes whose time has come, saying so for
+    /// the episodes; true when accepting should be retried now.
+    pub(crate) fn on_clock(&mut self, now: Instant, open: usize) -> bool {
+        self.state.on_clock(now, open)
+    }
+
+    /// The next connection waiting on listener `index`, or `None` when the
+    /// backlog is empty, the limit is reached ([`Admission::Limited`] only)
+    /// or accepting failed. `first` says the call follows a listener event:
+    /// a client is waiting.
     ///
     /// At the limit, accepting stops until a connection closes; new clients
     /// wait in the kernel backlog. The warning is said once per episode: when
     /// a client is first seen waiting, not merely because the limit was
     /// reached, and not again until the server has stayed below the limit for
     /// a second (docs/protocol.md "Logs and notifications are best effort").
-    /// On `EMFILE`/`ENFILE` (or any other error that is not one client's)
-    /// it pauses for [`BACKOFF`], warning once per episode of failures: the
-    /// loop keeps serving, and it does not spin, because the edge-triggered
+    /// On `EMFILE`/`ENFILE` (or any other error that is not one client's) it
+    /// pauses for [`BACKOFF`], warning once per episode of failures: the loop
+    /// keeps serving, and it does not spin, because the edge-triggered
     /// listener does not report the waiting clients again.
-    pub(crate) fn accept_ready(&mut self, index: usize) {
-        let running = self.life.is_running();
-        if running && self.accept.is_backing_off() {
-            return;
+    pub(crate) fn accept(
+        &mut self,
+        index: usize,
+        open: usize,
+        admission: Admission,
+        first: bool,
+    ) -> Option<(mio::net::TcpStream, SocketAddr)> {
+        let limited = admission == Admission::Limited;
+        if limited && self.state.is_backing_off() {
+            return None;
         }
-        // Called at the limit, this is a listener event: a client is waiting.
-        // Reaching the limit with our own accepts says nothing yet.
-        let mut client_waiting = true;
-        loop {
-            if running && self.conns.len() >= self.config.max_connections {
-                if self.accept.reached_limit(client_waiting) {
-                    warn!(
-                        "connection limit reached: max_connections={}; new connections wait in the backlog",
-                        self.config.max_connections
-                    );
-                }
-                return;
+        if limited && open >= self.max_connections {
+            // Reaching the limit with our own accepts says nothing yet.
+            if self.state.reached_limit(first) {
+                warn!(
+                    "connection limit reached: max_connections={}; new connections wait in the backlog",
+                    self.max_connections
+                );
             }
-            client_waiting = false;
-            let Some(listener) = self.listeners.get(index) else {
-                return;
-            };
+            return None;
+        }
+        let listener = self.listeners.get(index)?;
+        loop {
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
-                    self.accept.did_not_fail();
+                    self.state.did_not_fail();
                     // Echo replies are written as soon as the bytes arrive;
                     // Nagle would hold a small echo behind an unacknowledged one.
                     let _ = stream.set_nodelay(true);
-                    self.admit(stream, peer);
+                    return Some((stream, peer));
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept.did_not_fail();
-                    return;
+                    self.state.did_not_fail();
+                    return None;
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 // The client gave up between SYN and accept: nothing to do.
                 Err(err) if is_per_connection(&err) => debug!("accept: {err}"),
                 // Descriptor exhaustion (retrying at once would spin) or worse.
                 Err(err) => {
-                    let addr = listener.addr;
-                    self.back_off(addr, &err);
-                    return;
+                    if self.state.failed() {
+                        warn!(
+                            "cannot accept: listener={} error={}; pausing accepts for {}ms at a time, open connections are still served",
+                            listener.addr,
+                            crate::error::os_reason(&err),
+                            BACKOFF.as_millis()
+                        );
+                    }
+                    return None;
                 }
             }
         }
     }
 
-    /// Accepts again on every listener after the limit cleared or the back-off ended.
-    pub(crate) fn resume_accepting(&mut self) {
-        if self.accept.at_limit {
-            if self.conns.len() >= self.config.max_connections {
-                return;
-            }
-            // The "cleared" line waits for a second below the limit: with
-            // clients churning through a full server the limit clears and
-            // is reached again on every connection (issue 8).
-            self.accept.left_limit();
+    /// A connection closed, leaving `open`: true when accepting should be
+    /// retried on every listener (the server was at the limit and is below
+    /// it now).
+    pub(crate) fn connection_closed(&mut self, open: usize) -> bool {
+        if !self.state.at_limit {
+            return false;
         }
-        for index in 0..self.listeners.len() {
-            self.accept_ready(index);
+        if open >= self.max_connections {
+            return false;
         }
+        // The "cleared" line waits for a second below the limit: with clients
+        // churning through a full server the limit clears and is reached
+        // again on every connection (issue 8).
+        self.state.left_limit();
+        true
     }
 
     /// A connection accepted but not registered with the `Poll` (it is
     /// closed): warned once per episode of such failures.
     pub(crate) fn registration_failed(&mut self, peer: SocketAddr, err: &io::Error) {
-        if self.accept.registration_failed() {
+        if self.state.registration_failed() {
             warn!(
                 "cannot register connection: peer={peer} error={}; such connections are closed",
                 crate::error::os_reason(err)
@@ -308,17 +393,19 @@ impl Server {
     /// A connection was registered: an episode of registration failures may end.
     #[inline]
     pub(crate) fn registration_succeeded(&mut self) {
-        self.accept.registered();
+        self.state.registered();
     }
 
-    fn back_off(&mut self, listener: SocketAddr, err: &io::Error) {
-        if self.accept.failed() {
-            warn!(
-                "cannot accept: listener={listener} error={}; pausing accepts for {}ms at a time, open connections are still served",
-                crate::error::os_reason(err),
-                BACKOFF.as_millis()
-            );
-        }
+    /// Closes the acceptor (the drain began): hands back the listeners for
+    /// the server to deregister and drop (dropping closes them: new connects
+    /// are refused and the port is free at once). Nothing is accepted any
+    /// more, so the back-off and the episodes end here, silently, and nothing
+    /// is scheduled again. Without this a back-off begun before the drain
+    /// stayed the nearest deadline and the loop woke every 0.5 ms until the
+    /// end (issue 8).
+    pub(crate) fn close(&mut self) -> Vec<Listener> {
+        self.state = AcceptState::default();
+        std::mem::take(&mut self.listeners)
     }
 }
 

@@ -35,6 +35,10 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// How long a drain may last before the remaining connections are closed.
     pub drain_timeout: Duration,
+    /// How long the lame duck lasts: after the first drain signal the server
+    /// keeps serving (reporting not ready) this long before it drains;
+    /// zero drains at once.
+    pub drain_delay: Duration,
     /// The notice: exact bytes sent to every connection when the drain begins.
     pub shutdown_message: Vec<u8>,
     /// Connections served at once; at the limit the server stops accepting.
@@ -59,6 +63,7 @@ impl Default for Config {
         Config {
             listen: vec![DEFAULT_LISTEN],
             drain_timeout: Duration::from_secs(5),
+            drain_delay: Duration::ZERO,
             shutdown_message: b"SHUTDOWN".to_vec(),
             max_connections: 10_000,
             max_pending: 256 * 1024,
@@ -181,6 +186,8 @@ Options:
                                 (port 0 picks a free port; the log says which)
       --drain-timeout SECS      how long a drain may last, fractions allowed;
                                 0 = write what the kernel takes at once, then close [default: 5]
+      --drain-delay SECS        lame duck: after the first drain signal keep serving (not ready)
+                                this long, then drain; a second signal drains at once [default: 0]
       --shutdown-message TEXT   the notice sent to every connection on drain, not empty [default: SHUTDOWN]
       --max-connections N       connections served at once [default: 10000]
       --max-pending BYTES       unsent echo bytes per connection before reading pauses;
@@ -233,6 +240,10 @@ where
             Long("drain-timeout") => {
                 let value = string_value(&mut parser, "--drain-timeout")?;
                 config.drain_timeout = parse_seconds("--drain-timeout", &value)?;
+            }
+            Long("drain-delay") => {
+                let value = string_value(&mut parser, "--drain-delay")?;
+                config.drain_delay = parse_seconds("--drain-delay", &value)?;
             }
             Long("shutdown-message") => {
                 let value = string_value(&mut parser, "--shutdown-message")?;

@@ -97,7 +97,7 @@ pub enum Resume {
 }
 
 /// Why a connection closed.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
     /// The peer closed its side and everything owed to it was sent.
     PeerDone,
@@ -199,14 +199,6 @@ pub struct Connection<S = mio::net::TcpStream> {
     /// Reading stopped with input possibly left (backpressure or the per-event
     /// cap), so the next step reads even without a readable edge.
     read_paused: bool,
-    /// The interest the socket is registered with; kept by the server.
-    pub registered: Interest,
-    /// Set by the server when the connection is to be removed after this
-    /// batch; later events for it in the same batch are ignored.
-    pub closing: bool,
-    /// Set by the server while the connection's key is in its list of
-    /// connections waiting for memory, so it is listed once.
-    pub awaiting_budget: bool,
 }
 
 impl<S: Stream> Connection<S> {
@@ -218,9 +210,6 @@ impl<S: Stream> Connection<S> {
             phase: Phase::Echoing,
             input: Input::Open,
             read_paused: false,
-            registered: Interest::READABLE,
-            closing: false,
-            awaiting_budget: false,
         }
     }
 

@@ -33,7 +33,7 @@
 //! let handle = server.shutdown_handle();
 //! handle.drain(); // normally from another thread, later
 //! let summary = server.run()?;
-//! assert_eq!(summary.reason, Some(echod::DrainReason::Handle));
+//! assert_eq!(summary.reason, echod::DrainReason::Handle);
 //! # Ok::<(), echod::Error>(())
 //! ```
 #![deny(missing_docs)]
@@ -66,6 +66,7 @@ mod per_ip;
 pub mod server;
 pub mod shutdown;
 pub mod signals;
+mod stats;
 pub mod sys;
 // UDP echo (docs/protocol.md "UDP echo (RFC 862)"), phase 1 of issue 12: the
 // sockets, guards and counters stand alone and are unit-tested; nothing
@@ -76,6 +77,7 @@ mod udp;
 pub use config::{Command, Config, UsageError};
 pub use drain::{DrainEnd, DrainReason};
 pub use error::Error;
-pub use server::{Server, Stats, Summary};
+pub use server::Server;
 pub use shutdown::ShutdownHandle;
 pub use signals::SignalWatcher;
+pub use stats::{Stats, Summary};

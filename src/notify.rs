@@ -43,8 +43,24 @@ impl Notifier {
         ]);
     }
 
-    /// `STOPPING=1`, once, as the drain begins.
+    /// True when there is a service manager to tell.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// `STATUS=stopping in N s`: the lame duck began (docs/protocol.md
+    /// "Lame duck and health").
+    pub fn lame_duck(&mut self, delay: Duration) {
+        let text = format!("stopping in {:.0}s", delay.as_secs_f64());
+        self.send(&[NotifyState::Status(&text)]);
+    }
+
+    /// `STOPPING=1`, once, at the first drain signal (the lame duck's start
+    /// when there is one).
     pub fn stopping(&mut self) {
+        if self.stopping {
+            return;
+        }
         self.stopping = true;
         self.status_due = None;
         self.send(&[NotifyState::Stopping]);

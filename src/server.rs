@@ -1,13 +1,14 @@
 //! `Server`: the one `Poll`, its sources and tokens, event dispatch and the
-//! poll timeout (SPEC "Shape"; STYLE "Loop shape").
+//! poll timeout (docs/protocol.md "Shape"; docs/design.md "The event loop").
 //!
 //! This is the only module that owns the `Poll` and registers, reregisters
 //! or deregisters sources. Connections say what they want next
 //! ([`crate::connection::Step`]); the lifecycle says when the drain starts and
-//! ends ([`crate::drain::Lifecycle`]); accepting lives in `accept.rs`. The
-//! loop: compute the timeout from the nearest deadline, poll (retrying on
-//! `Interrupted`), dispatch by token, remove connections closed during the
-//! batch, let the lifecycle react to the clock, stop at `Stopped`.
+//! ends ([`crate::drain::Lifecycle`]); the [`Acceptor`] says which
+//! connections may come in. The loop: compute the timeout from the nearest
+//! deadline, poll (retrying on `Interrupted`), dispatch by token, remove
+//! connections closed during the batch, let every time-driven source react
+//! to the clock, stop at `Stopped`.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -15,25 +16,56 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use mio::event::Event;
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::accept::{Acceptor, Admission};
 use crate::config::Config;
 use crate::connection::{Closed, Connection, Ctx, Readiness, Resume, Step};
-use crate::drain::{DrainEnd, DrainReason, Due, Lifecycle, State};
+use crate::drain::{DrainEnd, DrainReason, Due, Lifecycle, Signalled, State};
 use crate::error::Error;
 use crate::notify::Notifier;
 use crate::shutdown::ShutdownHandle;
 use crate::signals::SignalWatcher;
+use crate::stats::{Stats, Summary};
 
 /// The signal pipe's token; the slab never reaches the top of the range.
-pub(crate) const SIGNAL_TOKEN: Token = Token(usize::MAX);
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
 /// The waker's token ([`ShutdownHandle::drain`]).
-pub(crate) const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+/// Tokens at or above this one belong to fixed sources; slab keys (client
+/// connections) stay below it. The range is far above any slab a process
+/// can fill, and wide enough for every listener [`Config::validate`] allows.
+const FIRST_FIXED: usize = usize::MAX - 1023;
 /// Listener `index`'s token, counting down from below the waker's.
-pub(crate) fn listener_token(index: usize) -> Token {
+fn listener_token(index: usize) -> Token {
     Token(usize::MAX - 2 - index)
+}
+
+/// What a token names: the inverse of the constants and functions above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The signal pipe.
+    Signal,
+    /// The waker ([`ShutdownHandle::drain`]).
+    Waker,
+    /// The listener at this index.
+    Listener(usize),
+    /// The client connection with this slab key.
+    Connection(usize),
+}
+
+/// Decodes a token. Tokens between the listeners and the connections are
+/// never handed out; they decode as a listener index the acceptor does not
+/// have, which it ignores like any spurious event.
+#[inline(always)]
+fn source(token: Token) -> Source {
+    match token {
+        SIGNAL_TOKEN => Source::Signal,
+        WAKER_TOKEN => Source::Waker,
+        Token(key) if key < FIRST_FIXED => Source::Connection(key),
+        Token(token) => Source::Listener(usize::MAX - 2 - token),
+    }
 }
 
 /// The shared read buffer's size: big enough to take a whole socket buffer's
@@ -50,46 +82,20 @@ const EVENTS_PER_POLL: usize = 1024;
 /// nothing; small enough that RSS follows a crowd of leaving clients.
 const TRIM_AFTER: usize = 1024 * 1024;
 
-/// Counters kept over the server's life, logged on SIGUSR1 and at the end.
-/// (Echoed bytes are counted in the connections' shared context.)
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Connections accepted since start.
-    pub accepted: u64,
-    /// Connections that closed on their own after the drain began.
-    pub left: u64,
-    /// Connections closed by the server at the deadline.
-    pub closed_at_deadline: u64,
-    /// Connections closed by a forced stop (a second signal while draining).
-    pub closed_forced: u64,
-}
-
-/// How the server's run ended, returned by [`Server::run`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Summary {
-    /// What started the drain.
-    pub reason: Option<DrainReason>,
-    /// How it ended: emptied, at the deadline, or forced.
-    pub end: DrainEnd,
-    /// Connections accepted over the server's life.
-    pub accepted: u64,
-    /// Bytes echoed over the server's life.
-    pub bytes_echoed: u64,
-    /// Connections that left on their own during the drain.
-    pub left: u64,
-    /// Connections the server closed at the deadline.
-    pub closed_at_deadline: u64,
-    /// Connections the server closed at a forced stop.
-    pub closed_forced: u64,
-}
-
-/// A bound listener and the address it really got.
+/// A connection and the server's bookkeeping about it, which the connection
+/// itself never reads.
 #[derive(Debug)]
-pub(crate) struct Listener {
-    /// The non-blocking listening socket, registered with `listener_token(index)`.
-    pub(crate) socket: TcpListener,
-    /// Its local address, with the real port when port 0 was asked for.
-    pub(crate) addr: SocketAddr,
+struct Slot {
+    /// The connection: its socket, pending bytes and phase.
+    conn: Connection,
+    /// The interest its socket is registered with; changed only by
+    /// reregistering, so a step asking for the same interest costs nothing.
+    registered: Interest,
+    /// Removed after this batch; later events for it in the batch are ignored.
+    closing: bool,
+    /// Its key is in the server's `waiters` (it waits for memory), so it is
+    /// listed once.
+    awaiting_budget: bool,
 }
 
 /// The echo server: bound, then run on the caller's thread.
@@ -111,112 +117,97 @@ pub struct Server {
     /// The one `Poll` of the process.
     poll: Poll,
     /// The configuration it was bound with.
-    pub(crate) config: Config,
-    /// Listening sockets; emptied (closed) when the drain begins.
-    pub(crate) listeners: Vec<Listener>,
+    config: Config,
+    /// The listeners and admission; closed (dead) once the drain begins.
+    acceptor: Acceptor,
     /// Addresses bound at start, kept after the listeners close.
     addrs: Vec<SocketAddr>,
     /// Connections; the slab key is the connection's token.
-    pub(crate) conns: Slab<Connection>,
+    slots: Slab<Slot>,
     /// What every connection step shares: the one read buffer, the notice,
-    /// the limits, and the echoed-bytes counter.
+    /// the limits, the memory budget and the echoed-bytes counter.
     ctx: Ctx,
-    /// Running -> Draining -> Stopped.
-    pub(crate) life: Lifecycle,
+    /// Running -> (LameDuck) -> Draining -> Stopped.
+    life: Lifecycle,
     /// Keys of connections closed during this batch, removed after it so a
     /// key is never reused while the batch may still name it.
     closing: Vec<usize>,
-    /// Connections that stopped reading at the per-event cap with input left;
-    /// served again next turn, since no new edge will report that input.
-    rearm: Vec<usize>,
-    /// Connections that stopped reading because the memory budget was spent
-    /// (or an allocation failed), oldest first; served again when memory is
-    /// freed, as many as the budget then allows. A key is listed once
-    /// (`Connection::awaiting_budget`); a stale key is skipped.
+    /// Connections whose step asked for [`Resume::NextTurn`]: reading stopped
+    /// at the per-event cap with input left, and no new edge will report
+    /// that input, so they are served again next turn.
+    next_turn: Vec<usize>,
+    /// Connections whose step asked for [`Resume::WhenBudget`]: reading
+    /// stopped because the memory budget was spent (or an allocation
+    /// failed), oldest first; served again when memory is freed, as many as
+    /// the budget then allows. A stale key is skipped.
     waiters: VecDeque<usize>,
-    /// Allocation-failure episodes already warned about, and when the last
-    /// warning was logged (at most one a second).
+    /// Allocation failures already warned about, and when the last warning
+    /// was logged (at most one a second).
     memory_warned: (u64, Option<Instant>),
-    /// Accept admission and back-off (see accept.rs).
-    pub(crate) accept: crate::accept::AcceptState,
     /// Counters.
-    pub(crate) stats: Stats,
+    stats: Stats,
     /// The programmatic drain trigger, sharing the waker.
     handle: ShutdownHandle,
     /// The signal pipe, once the embedder turned signals on.
     signals: Option<SignalWatcher>,
-    /// systemd notifications (a no-op unless `NOTIFY_SOCKET` is set).
+    /// systemd notifications; silent unless the embedder turned them on.
     notifier: Notifier,
     /// When the server started, for uptime.
     started: Instant,
 }
 
 impl Server {
-    /// Creates the `Poll`, binds every `--listen` address and registers
-    /// them. Nothing is accepted until [`Server::run`].
+    /// Creates the `Poll`, binds every `config.listen` address and registers
+    /// them. Nothing is accepted until [`Server::run`]. The library reads no
+    /// environment variable, raises no limit and installs no handler here.
     ///
     /// # Errors
     ///
-    /// [`Error::Usage`] for an invalid config, [`Error::Listen`] when an
+    /// [`Error::Config`] for an invalid config, [`Error::Listen`] when an
     /// address cannot be bound, [`Error::Setup`] when the `Poll` or waker
     /// cannot be created.
-    ///
-    /// # Notes
-    ///
-    /// Raises the soft `RLIMIT_NOFILE` to the hard limit.
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate()?;
-        let listeners = crate::accept::bind_listeners(&config)?;
-        Server::new(config, listeners)
+        let acceptor = Acceptor::bind(&config)?;
+        Server::new(config, acceptor)
     }
 
     /// Like [`Server::bind`], but serves listening sockets the caller
-    /// already has (a service manager's, from
-    /// [`crate::sys::inherited_listeners`]) instead of binding
-    /// `config.listen`, which becomes their addresses.
+    /// already has (a service manager's, or another instance's in a
+    /// take-over) instead of binding `config.listen`, which becomes their
+    /// addresses. The sockets are the server's from here on: it closes them
+    /// when the drain begins.
     ///
     /// # Errors
     ///
     /// [`Error::Inherit`] when there is no socket or one has no address,
-    /// [`Error::Usage`] for an invalid config, [`Error::Setup`] when the
+    /// [`Error::Config`] for an invalid config, [`Error::Setup`] when the
     /// `Poll` or waker cannot be created.
-    ///
-    /// # Notes
-    ///
-    /// Raises the soft `RLIMIT_NOFILE` to the hard limit.
     pub fn from_listeners(
         mut config: Config,
         sockets: Vec<std::net::TcpListener>,
     ) -> Result<Server, Error> {
-        let listeners = crate::accept::adopt_listeners(sockets)?;
-        config.listen = listeners.iter().map(|l| l.addr).collect();
+        let acceptor = Acceptor::adopt(sockets, &config)?;
+        config.listen = acceptor.addrs();
         config.validate()?;
-        Server::new(config, listeners)
+        Server::new(config, acceptor)
     }
 
-    fn new(config: Config, mut listeners: Vec<Listener>) -> Result<Server, Error> {
-        match crate::sys::raise_nofile_limit() {
-            Ok(limit) => debug!("descriptor limit: nofile={limit}"),
-            Err(err) => warn!("cannot raise descriptor limit: {err}"),
-        }
+    fn new(config: Config, mut acceptor: Acceptor) -> Result<Server, Error> {
         let setup = |what| move |source| Error::Setup { what, source };
         let poll = Poll::new().map_err(setup("the event loop"))?;
         let waker = Waker::new(poll.registry(), WAKER_TOKEN).map_err(setup("the waker"))?;
-        for (index, listener) in listeners.iter_mut().enumerate() {
+        for (index, listener) in acceptor.listeners_mut() {
             poll.registry()
-                .register(
-                    &mut listener.socket,
-                    listener_token(index),
-                    Interest::READABLE,
-                )
+                .register(listener, listener_token(index), Interest::READABLE)
                 .map_err(setup("the listener"))?;
         }
-        let addrs = listeners.iter().map(|l| l.addr).collect();
+        let addrs = acceptor.addrs();
         Ok(Server {
             poll,
-            listeners,
+            acceptor,
             addrs,
-            conns: Slab::new(),
+            slots: Slab::new(),
             ctx: Ctx::new(
                 READ_BUFFER,
                 &config.shutdown_message,
@@ -224,17 +215,15 @@ impl Server {
                 config.max_pending_total,
                 READS_PER_EVENT,
             ),
-            // No lame duck until --drain-delay is wired into Config.
-            life: Lifecycle::new(Duration::ZERO, config.drain_timeout),
+            life: Lifecycle::new(config.drain_delay, config.drain_timeout),
             closing: Vec::new(),
-            rearm: Vec::new(),
+            next_turn: Vec::new(),
             waiters: VecDeque::new(),
             memory_warned: (0, None),
-            accept: Default::default(),
             stats: Stats::default(),
             handle: ShutdownHandle::new(waker),
             signals: None,
-            notifier: Notifier::from_env(),
+            notifier: Notifier::default(),
             started: Instant::now(),
             config,
         })
@@ -267,19 +256,40 @@ impl Server {
         Ok(())
     }
 
+    /// Turns systemd notifications on: `READY=1` once running, `STATUS=` as
+    /// the state changes, `STOPPING=1` at the first drain signal. Returns
+    /// whether there is a service manager to tell (`NOTIFY_SOCKET` is set).
+    ///
+    /// # Notes
+    ///
+    /// Reads `NOTIFY_SOCKET` from the environment, now; nothing else in the
+    /// library does. Notifications never block the loop: a datagram the
+    /// socket will not take at once is dropped.
+    pub fn notify_systemd(&mut self) -> bool {
+        self.notifier = Notifier::from_env();
+        self.notifier.is_enabled()
+    }
+
     /// Runs the loop on this thread until the drain ends.
     ///
     /// # Errors
     ///
     /// [`Error::Poll`] when `poll` fails other than by `Interrupted`.
+    ///
+    /// # Notes
+    ///
+    /// The loop takes a short read as "nothing more to read" and saves the
+    /// read that would only return `WouldBlock`. That relies on Linux epoll's
+    /// edge-triggered semantics (a new edge for every new segment), which
+    /// mio's portable contract does not promise; Linux is the target.
     pub fn run(mut self) -> Result<Summary, Error> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
-        self.notifier.ready(self.conns.len());
+        self.notifier.ready(self.slots.len());
         // Whether anything time-driven is pending; checked once per turn so
         // the steady path reads no clock at all.
         let mut timers = self.has_timers();
         while !self.life.is_stopped() {
-            let timeout = if timers || !self.rearm.is_empty() {
+            let timeout = if timers || !self.next_turn.is_empty() {
                 self.poll_timeout()
             } else {
                 None
@@ -291,17 +301,17 @@ impl Server {
                 error!("event loop failed: {err}");
                 return Err(Error::Poll(err));
             }
-            if self.rearm.is_empty() {
+            if self.next_turn.is_empty() {
                 for event in events.iter() {
                     self.dispatch(event);
                 }
             } else {
                 // Taken before dispatch, which may queue connections for next turn.
-                let rearmed = std::mem::take(&mut self.rearm);
+                let again = std::mem::take(&mut self.next_turn);
                 for event in events.iter() {
                     self.dispatch(event);
                 }
-                for key in rearmed {
+                for key in again {
                     self.serve(key, Readiness::READABLE);
                 }
             }
@@ -317,65 +327,55 @@ impl Server {
         Ok(self.finish())
     }
 
-    /// The nearest instant the loop must wake at, if any: every time-driven
-    /// source is asked, in every state, and a source with nothing scheduled,
-    /// or dead (the acceptor once the drain began), answers `None`.
-    /// [`Server::on_clock`] asks the same sources, so the two cannot disagree
-    /// about which source is live (STYLE "Some rules").
-    fn next_wakeup(&self) -> Option<Instant> {
+    /// Every time-driven source's next deadline. [`Server::has_timers`],
+    /// [`Server::poll_timeout`] and [`Server::on_clock`] all start from this
+    /// one list, in every state, so they cannot disagree about which source
+    /// is live (a dead source answers `None`): that disagreement is how a
+    /// drain once woke the loop 900 times a second (issue 8).
+    #[inline(always)]
+    fn deadlines(&self) -> [Option<Instant>; 3] {
         [
             self.life.next_wakeup(),
-            self.accept.next_wakeup(),
+            self.acceptor.next_wakeup(),
             self.notifier.next_wakeup(),
         ]
-        .into_iter()
-        .flatten()
-        .min()
     }
 
-    /// True when anything time-driven is pending: a drain, an accept
-    /// back-off, a warning's episode, a status update. While serving with
-    /// none, the steady path reads no clock.
-    ///
-    /// The same sources as [`Server::next_wakeup`], asked one at a time:
-    /// on the steady path (every turn of the loop) that is three compares,
-    /// where computing the minimum costs more.
-    #[inline]
+    /// True when anything time-driven is pending. While serving with none,
+    /// the steady path reads no clock.
+    #[inline(always)]
     fn has_timers(&self) -> bool {
-        self.life.next_wakeup().is_some()
-            || self.accept.next_wakeup().is_some()
-            || self.notifier.next_wakeup().is_some()
+        self.deadlines().iter().any(Option::is_some)
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.rearm.is_empty() {
+        if !self.next_turn.is_empty() {
             return Some(Duration::ZERO);
         }
-        let at = self.next_wakeup()?;
+        let at = self.deadlines().into_iter().flatten().min()?;
         // Round up so we never wake a hair early and spin until the deadline.
         Some(at.saturating_duration_since(Instant::now()) + Duration::from_micros(500))
     }
 
     #[inline(always)]
     fn dispatch(&mut self, event: &Event) {
-        match event.token() {
-            SIGNAL_TOKEN => self.on_signals(),
-            WAKER_TOKEN => {
-                if self.handle.is_drain_requested() {
-                    self.begin_drain(DrainReason::Handle);
-                }
-            }
-            Token(key) if key < usize::MAX - 2 - self.addrs.len() => {
+        match source(event.token()) {
+            Source::Connection(key) => {
                 let ready = Readiness {
                     readable: event.is_readable() || event.is_read_closed() || event.is_error(),
                     eof_reported: event.is_read_closed(),
                 };
                 self.serve(key, ready);
             }
-            Token(token) => {
-                let index = usize::MAX - 2 - token;
-                if self.life.is_running() {
-                    self.accept_ready(index);
+            Source::Signal => self.on_signals(),
+            Source::Waker => {
+                if self.handle.take_drain_request() {
+                    self.trigger(DrainReason::Handle);
+                }
+            }
+            Source::Listener(index) => {
+                if self.life.is_accepting() {
+                    self.accept_ready(index, Admission::Limited);
                 }
             }
         }
@@ -385,28 +385,109 @@ impl Server {
     #[inline(always)]
     fn serve(&mut self, key: usize, ready: Readiness) {
         // A missing or closing entry is a spurious event (mio allows them) or
-        // a stale rearm: ignore it.
-        let Some(conn) = self.conns.get_mut(key) else {
+        // a stale queue entry: ignore it.
+        let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        if conn.closing {
+        if slot.closing {
             return;
         }
-        let step = conn.on_ready(&mut self.ctx, ready);
-        if matches!(step, Step::Keep { interest, resume: Resume::OnEvent } if interest == conn.registered)
+        let step = slot.conn.on_ready(&mut self.ctx, ready);
+        if matches!(step, Step::Keep { interest, resume: Resume::OnEvent } if interest == slot.registered)
         {
             // The steady path: nothing to reregister, nothing to queue.
             return;
         }
-        apply(
-            self.poll.registry(),
-            key,
+        self.apply(key, step);
+    }
+
+    /// Applies a connection's step: reregister when the interest changed,
+    /// queue it for another turn or for freed memory, or schedule its
+    /// removal after the batch.
+    #[inline]
+    fn apply(&mut self, key: usize, step: Step) {
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        match step {
+            Step::Keep { interest, resume } => {
+                if interest != slot.registered {
+                    let registry = self.poll.registry();
+                    if let Err(err) =
+                        registry.reregister(slot.conn.stream_mut(), Token(key), interest)
+                    {
+                        debug!("connection closed: token={key} reregister failed: {err}");
+                        slot.closing = true;
+                        self.closing.push(key);
+                        self.stats.count_close(Closed::Failed(err.kind()));
+                        return;
+                    }
+                    slot.registered = interest;
+                }
+                match resume {
+                    Resume::OnEvent => {}
+                    Resume::NextTurn => self.next_turn.push(key),
+                    Resume::WhenBudget if !slot.awaiting_budget => {
+                        slot.awaiting_budget = true;
+                        self.waiters.push_back(key);
+                    }
+                    Resume::WhenBudget => {}
+                }
+            }
+            Step::Close(why) => {
+                match why {
+                    Closed::PeerDone => debug!("connection closed: token={key} peer done"),
+                    Closed::Failed(kind) => debug!("connection closed: token={key} error={kind}"),
+                }
+                self.stats.count_close(why);
+                slot.closing = true;
+                self.closing.push(key);
+            }
+        }
+    }
+
+    /// Accepts from listener `index` while the acceptor gives connections.
+    fn accept_ready(&mut self, index: usize, admission: Admission) {
+        let mut first = true;
+        while let Some((stream, peer)) =
+            self.acceptor
+                .accept(index, self.slots.len(), admission, first)
+        {
+            first = false;
+            self.admit(stream, peer);
+        }
+    }
+
+    /// Accepts again on every listener, after the limit cleared or a back-off ended.
+    fn accept_all(&mut self) {
+        for index in 0..self.acceptor.len() {
+            self.accept_ready(index, Admission::Limited);
+        }
+    }
+
+    /// Registers an accepted connection and keeps it.
+    fn admit(&mut self, stream: mio::net::TcpStream, peer: SocketAddr) {
+        let entry = self.slots.vacant_entry();
+        let key = entry.key();
+        let mut conn = Connection::new(stream);
+        if let Err(err) =
+            self.poll
+                .registry()
+                .register(conn.stream_mut(), Token(key), Interest::READABLE)
+        {
+            self.acceptor.registration_failed(peer, &err);
+            return;
+        }
+        entry.insert(Slot {
             conn,
-            step,
-            &mut self.closing,
-            &mut self.rearm,
-            &mut self.waiters,
-        );
+            registered: Interest::READABLE,
+            closing: false,
+            awaiting_budget: false,
+        });
+        self.acceptor.registration_succeeded();
+        self.stats.accepted += 1;
+        self.notifier.connections_changed();
+        debug!("connection opened: peer={peer} token={key}");
     }
 
     /// Pending memory was freed (a buffer written out, a connection closed):
@@ -438,34 +519,15 @@ impl Server {
                 let Some(key) = self.waiters.pop_front() else {
                     break;
                 };
-                match self.conns.get_mut(key) {
+                match self.slots.get_mut(key) {
                     // A stale key: that connection closed, or the key was reused.
-                    Some(conn) if conn.awaiting_budget => conn.awaiting_budget = false,
+                    Some(slot) if slot.awaiting_budget => slot.awaiting_budget = false,
                     _ => continue,
                 }
                 self.serve(key, Readiness::READABLE);
             }
             self.remove_closed();
         }
-    }
-
-    pub(crate) fn admit(&mut self, stream: mio::net::TcpStream, peer: SocketAddr) {
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        let mut conn = Connection::new(stream);
-        if let Err(err) =
-            self.poll
-                .registry()
-                .register(conn.stream_mut(), Token(key), Interest::READABLE)
-        {
-            self.registration_failed(peer, &err);
-            return;
-        }
-        entry.insert(conn);
-        self.registration_succeeded();
-        self.stats.accepted += 1;
-        self.notifier.connections_changed();
-        debug!("connection opened: peer={peer} token={key}");
     }
 
     /// An operator should know that memory ran out before the budget did
@@ -488,7 +550,7 @@ impl Server {
         warn!(
             "memory allocation failed: pending={} connections={}; reading paused until memory is freed",
             self.ctx.budget.charged(),
-            self.conns.len()
+            self.slots.len()
         );
     }
 
@@ -503,18 +565,18 @@ impl Server {
     }
 
     fn remove_closed_now(&mut self) {
-        let draining = !self.life.is_running();
+        let draining = self.life.is_draining();
         for key in self.closing.drain(..) {
-            if let Some(mut conn) = self.conns.try_remove(key) {
-                conn.release(&mut self.ctx);
+            if let Some(mut slot) = self.slots.try_remove(key) {
+                slot.conn.release(&mut self.ctx);
                 if draining {
                     self.stats.left += 1;
                 }
             }
         }
         self.notifier.connections_changed();
-        if self.life.is_running() {
-            self.resume_accepting();
+        if self.acceptor.connection_closed(self.slots.len()) {
+            self.accept_all();
         }
     }
 
@@ -526,48 +588,60 @@ impl Server {
         if received.stats {
             self.log_stats();
         }
+        let name = received.drain.unwrap_or("signal");
         for _ in 0..received.drain_count {
-            match self.life.state() {
-                State::Running => {
-                    let name = received.drain.unwrap_or("signal");
-                    self.begin_drain(DrainReason::Signal(name));
-                }
-                State::Draining { .. } => {
-                    warn!("second signal while draining: closing every connection now");
-                    self.life.force();
-                    self.close_all(DrainEnd::Forced);
-                }
-                // Never entered yet: `begin_drain` skips the lame duck.
-                State::LameDuck { .. } | State::Stopped { .. } => {}
-            }
+            self.trigger(DrainReason::Signal(name));
         }
     }
 
-    /// SPEC Draining 1-3: log, take the backlog, close the listeners, then
-    /// start every connection's echo-notice-FIN sequence.
-    fn begin_drain(&mut self, reason: DrainReason) {
+    /// A drain signal or [`ShutdownHandle::drain`]: the lifecycle says what
+    /// it means now (docs/protocol.md "Draining" 6, "Lame duck and health").
+    fn trigger(&mut self, reason: DrainReason) {
         let now = Instant::now();
-        if !self.life.begin_drain(reason, now) {
-            return;
+        match self.life.signal(reason, now) {
+            Signalled::LameDuck => {
+                info!(
+                    "lame duck started: reason={reason} delay={:?} connections={}; still serving, not ready",
+                    self.config.drain_delay,
+                    self.slots.len()
+                );
+                self.notifier.stopping();
+                self.notifier.lame_duck(self.config.drain_delay);
+            }
+            Signalled::Draining => self.begin_drain(now),
+            Signalled::Forced => {
+                warn!("another signal while draining: closing every connection now");
+                self.close_all(DrainEnd::Forced);
+            }
+            Signalled::Ignored => {}
         }
+    }
+
+    /// docs/protocol.md "Draining" 1-3: log, take the backlog, close the
+    /// listeners, then start every connection's echo-notice-FIN sequence. The
+    /// lifecycle is already draining.
+    fn begin_drain(&mut self, now: Instant) {
+        let State::Draining { reason, .. } = self.life.state() else {
+            return;
+        };
         self.notifier.stopping();
-        // SPEC Draining 2: connections already in the backlog are accepted
+        // "Draining" 2: connections already in the backlog are accepted
         // (regardless of --max-connections) and drained like the others.
-        for index in 0..self.listeners.len() {
-            self.accept_ready(index);
+        for index in 0..self.acceptor.len() {
+            self.accept_ready(index, Admission::Backlog);
         }
         self.close_listeners();
         info!(
             "drain started: reason={reason} connections={} deadline={:?}",
-            self.conns.len(),
+            self.slots.len(),
             self.config.drain_timeout
         );
         // The first draining status now, not a second later: a short drain
         // would otherwise only ever say STOPPING.
-        let open = self.conns.len();
+        let open = self.slots.len();
         self.notifier
             .on_clock(now, open, Some(self.config.drain_timeout));
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        let keys: Vec<usize> = self.slots.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.drain_connection(key);
         }
@@ -577,47 +651,45 @@ impl Server {
     // step function cost the steady path 18 instructions per message
     // (callgrind), as the drain code got inlined into the loop.
     fn drain_connection(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        if conn.closing {
+        if slot.closing {
             return;
         }
-        let step = conn.begin_drain(&mut self.ctx);
-        apply(
-            self.poll.registry(),
-            key,
-            conn,
-            step,
-            &mut self.closing,
-            &mut self.rearm,
-            &mut self.waiters,
-        );
+        let step = slot.conn.begin_drain(&mut self.ctx);
+        self.apply(key, step);
     }
 
-    /// Lets every time-driven source of [`Server::next_wakeup`] act on the
+    /// Lets every time-driven source of [`Server::deadlines`] act on the
     /// clock, whatever the state: each knows when it has nothing to do.
     fn on_clock(&mut self, now: Instant) {
-        if self.accept.on_clock(now, self.conns.len()) {
-            self.resume_accepting();
+        if self.acceptor.on_clock(now, self.slots.len()) {
+            self.accept_all();
         }
-        self.notifier.on_clock(now, self.conns.len(), None);
-        match self.life.on_clock(now, self.conns.len()) {
-            Due::Nothing => {}
-            Due::Countdown(remaining) => {
-                info!(
-                    "drain countdown: remaining={:.1}s connections={}",
-                    remaining.as_secs_f64(),
-                    self.conns.len()
-                );
-                self.notifier
-                    .on_clock(now, self.conns.len(), Some(remaining));
+        self.notifier.on_clock(now, self.slots.len(), None);
+        loop {
+            match self.life.on_clock(now, self.slots.len()) {
+                Due::Nothing => {}
+                Due::Countdown(remaining) => {
+                    info!(
+                        "drain countdown: remaining={:.1}s connections={}",
+                        remaining.as_secs_f64(),
+                        self.slots.len()
+                    );
+                    self.notifier
+                        .on_clock(now, self.slots.len(), Some(remaining));
+                }
+                Due::Stop(DrainEnd::Deadline) => self.close_all(DrainEnd::Deadline),
+                Due::Stop(_) => {}
+                Due::BeginDrain => {
+                    self.begin_drain(now);
+                    // Asked again at once: a drain with nobody left (or a
+                    // zero deadline) must not wait for the next tick.
+                    continue;
+                }
             }
-            Due::Stop(DrainEnd::Deadline) => self.close_all(DrainEnd::Deadline),
-            Due::Stop(_) => {}
-            // TODO(--drain-delay): never due yet: this loop drains through
-            // `Lifecycle::begin_drain`, which skips the lame duck.
-            Due::BeginDrain => {}
+            break;
         }
     }
 
@@ -625,11 +697,11 @@ impl Server {
     /// reading off queued input first so each close sends FIN rather than
     /// RST where it can.
     fn close_all(&mut self, why: DrainEnd) {
-        for (_, conn) in self.conns.iter_mut() {
-            conn.discard_unread(&mut self.ctx.buf);
-            conn.release(&mut self.ctx);
+        for (_, slot) in self.slots.iter_mut() {
+            slot.conn.discard_unread(&mut self.ctx.buf);
+            slot.conn.release(&mut self.ctx);
         }
-        let open = (self.conns.len() - self.closing.len()) as u64;
+        let open = (self.slots.len() - self.closing.len()) as u64;
         match why {
             DrainEnd::Forced => self.stats.closed_forced += open,
             _ => self.stats.closed_at_deadline += open,
@@ -637,16 +709,18 @@ impl Server {
         // Those already closing left on their own.
         self.stats.left += self.closing.len() as u64;
         self.closing.clear();
-        self.conns.clear();
+        self.next_turn.clear();
+        self.waiters.clear();
+        self.slots.clear();
     }
 
+    /// Closes the listeners (the drain began): deregistered, then dropped,
+    /// which closes them; new connects are refused and the port is free at
+    /// once. The acceptor's timers die with them.
     fn close_listeners(&mut self) {
-        for mut listener in self.listeners.drain(..) {
-            // Closing the socket frees the port at once; new connects are refused.
+        for mut listener in self.acceptor.close() {
             let _ = self.poll.registry().deregister(&mut listener.socket);
         }
-        // Nothing is accepted any more: the acceptor's timers die with it.
-        self.accept.close();
     }
 
     fn log_stats(&self) {
@@ -658,7 +732,7 @@ impl Server {
         };
         info!(
             "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s",
-            self.conns.len(),
+            self.slots.len(),
             self.stats.accepted,
             self.ctx.bytes_echoed,
             self.ctx.budget.charged(),
@@ -666,79 +740,28 @@ impl Server {
         );
     }
 
-    fn finish(self) -> Summary {
+    fn finish(mut self) -> Summary {
         let (reason, end) = match self.life.state() {
-            State::Stopped { reason, end } => (Some(reason), end),
-            _ => (None, DrainEnd::Emptied),
+            State::Stopped { reason, end } => (reason, end),
+            // The loop only returns once stopped; a summary is still owed.
+            _ => (DrainReason::Handle, DrainEnd::Emptied),
         };
+        self.stats.bytes_echoed = self.ctx.bytes_echoed;
         let summary = Summary {
             reason,
             end,
-            accepted: self.stats.accepted,
-            bytes_echoed: self.ctx.bytes_echoed,
-            left: self.stats.left,
-            closed_at_deadline: self.stats.closed_at_deadline,
-            closed_forced: self.stats.closed_forced,
+            stats: self.stats,
         };
         let label = if end == DrainEnd::Forced {
             "drain forced"
         } else {
             "drain finished"
         };
-        let reason = reason.map_or_else(|| "none".to_owned(), |r| r.to_string());
+        let s = &summary.stats;
         info!(
             "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={}",
-            summary.left,
-            summary.closed_at_deadline,
-            summary.closed_forced,
-            summary.accepted,
-            summary.bytes_echoed
+            s.left, s.closed_at_deadline, s.closed_forced, s.accepted, s.bytes_echoed
         );
         summary
-    }
-}
-
-/// Applies a connection's step: reregister when the interest changed, queue
-/// it for another turn or for freed memory, or schedule its removal after
-/// the batch.
-#[inline]
-fn apply(
-    registry: &Registry,
-    key: usize,
-    conn: &mut Connection,
-    step: Step,
-    closing: &mut Vec<usize>,
-    rearm: &mut Vec<usize>,
-    waiters: &mut VecDeque<usize>,
-) {
-    match step {
-        Step::Keep { interest, resume } => {
-            if interest != conn.registered {
-                if let Err(err) = registry.reregister(conn.stream_mut(), Token(key), interest) {
-                    debug!("connection closed: token={key} reregister failed: {err}");
-                    conn.closing = true;
-                    closing.push(key);
-                    return;
-                }
-                conn.registered = interest;
-            }
-            match resume {
-                Resume::OnEvent => {}
-                Resume::NextTurn => rearm.push(key),
-                Resume::WhenBudget if !conn.awaiting_budget => {
-                    conn.awaiting_budget = true;
-                    waiters.push_back(key);
-                }
-                Resume::WhenBudget => {}
-            }
-        }
-        Step::Close(why) => {
-            match why {
-                Closed::PeerDone => debug!("connection closed: token={key} peer done"),
-                Closed::Failed(kind) => debug!("connection closed: token={key} error={kind}"),
-            }
-            conn.closing = true;
-            closing.push(key);
-        }
     }
 }

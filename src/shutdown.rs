@@ -22,7 +22,7 @@ use mio::Waker;
 /// let loop_thread = std::thread::spawn(move || server.run());
 /// handle.drain();
 /// let summary = loop_thread.join().unwrap().unwrap();
-/// assert_eq!(summary.accepted, 0);
+/// assert_eq!(summary.stats.accepted, 0);
 /// ```
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
@@ -36,6 +36,9 @@ struct Shared {
     waker: Waker,
     /// Set once by the first `drain()`; never cleared.
     requested: AtomicBool,
+    /// Set once the loop has acted on the request, so a spurious wake-up
+    /// cannot count as a second request (which would force the stop).
+    delivered: AtomicBool,
 }
 
 impl ShutdownHandle {
@@ -44,6 +47,7 @@ impl ShutdownHandle {
             shared: Arc::new(Shared {
                 waker,
                 requested: AtomicBool::new(false),
+                delivered: AtomicBool::new(false),
             }),
         }
     }
@@ -62,5 +66,11 @@ impl ShutdownHandle {
     /// True once `drain()` has been called.
     pub fn is_drain_requested(&self) -> bool {
         self.shared.requested.load(Ordering::SeqCst)
+    }
+
+    /// True the first time the loop asks after `drain()` was called: the
+    /// request is then delivered, and later asks say false.
+    pub(crate) fn take_drain_request(&self) -> bool {
+        self.is_drain_requested() && !self.shared.delivered.swap(true, Ordering::SeqCst)
     }
 }

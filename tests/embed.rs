@@ -37,11 +37,11 @@ fn shutdown_handle_drains_connected_clients_like_a_signal() {
     }
     drop(clients);
     let summary = loop_thread.join().unwrap().unwrap();
-    assert_eq!(summary.reason, Some(DrainReason::Handle));
+    assert_eq!(summary.reason, DrainReason::Handle);
     assert_eq!(summary.end, DrainEnd::Emptied);
-    assert_eq!(summary.accepted, 5);
-    assert_eq!(summary.left, 5);
-    assert_eq!(summary.bytes_echoed, 5 * 8);
+    assert_eq!(summary.stats.accepted, 5);
+    assert_eq!(summary.stats.left, 5);
+    assert_eq!(summary.stats.bytes_echoed, 5 * 8);
     // The listener is closed: the port refuses connects.
     assert!(common::is_refused(addr));
 }

@@ -1,0 +1,54 @@
+//! What the server counts, and what it hands back when it stops
+//! (docs/protocol.md "Draining" 5, "Operations" `SIGUSR1`).
+//!
+//! Plain data: the server adds to [`Stats`] as connections come and go and
+//! returns it in the [`Summary`] of [`crate::Server::run`]. Logging and
+//! exporting the figures is the server's (and later the health listener's)
+//! business, not this module's.
+
+use crate::connection::Closed;
+use crate::drain::{DrainEnd, DrainReason};
+
+/// Counters kept over the server's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Bytes echoed since start (read and queued for echo).
+    pub bytes_echoed: u64,
+    /// Connections closed because the peer was done (it closed its side and
+    /// got everything owed to it), at any time.
+    pub closed_by_peer: u64,
+    /// Connections closed because their socket failed (reset, broken pipe).
+    pub closed_on_error: u64,
+    /// Connections that closed on their own after the drain began.
+    pub left: u64,
+    /// Connections the server closed at the drain's deadline.
+    pub closed_at_deadline: u64,
+    /// Connections the server closed at a forced stop (another signal while
+    /// draining).
+    pub closed_forced: u64,
+}
+
+impl Stats {
+    /// Counts one connection's close by its reason.
+    pub(crate) fn count_close(&mut self, why: Closed) {
+        match why {
+            Closed::PeerDone => self.closed_by_peer += 1,
+            Closed::Failed(_) => self.closed_on_error += 1,
+        }
+    }
+}
+
+/// How the server's run ended, returned by [`crate::Server::run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// What started the drain.
+    pub reason: DrainReason,
+    /// How it ended: emptied, at the deadline, or forced.
+    pub end: DrainEnd,
+    /// The counters over the server's whole life.
+    pub stats: Stats,
+}
