@@ -17,6 +17,11 @@ use log::LevelFilter;
 pub const DEFAULT_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 9999));
 
+/// The most TCP listeners one server takes (each needs a token of its own).
+pub const MAX_LISTENERS: usize = 256;
+/// The most UDP sockets one server takes.
+pub const MAX_UDP_SOCKETS: usize = 256;
+
 /// Everything the server needs to run.
 ///
 /// # Examples
@@ -88,6 +93,14 @@ impl Config {
                 "--listen",
                 "",
                 "at least one address is needed",
+            ));
+        }
+        if self.listen.len() > MAX_LISTENERS {
+            let value = self.listen.len().to_string();
+            return Err(UsageError::new(
+                "--listen",
+                &value,
+                "at most 256 addresses",
             ));
         }
         if self.max_connections == 0 {

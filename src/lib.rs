@@ -81,3 +81,20 @@ pub use server::Server;
 pub use shutdown::ShutdownHandle;
 pub use signals::SignalWatcher;
 pub use stats::{Stats, Summary};
+
+/// Raises this process's soft limit on open descriptors (`RLIMIT_NOFILE`)
+/// to its hard limit and returns the new soft limit: each connection is a
+/// descriptor, and the usual soft limit (1024) is far below
+/// `--max-connections`. The library never does this by itself; a program
+/// that serves many connections calls it once at start.
+///
+/// # Errors
+///
+/// The OS error when the limit cannot be read or set.
+///
+/// # Notes
+///
+/// Process-wide, and Linux (or Unix) specific.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    sys::raise_nofile_limit()
+}

@@ -29,42 +29,105 @@ use crate::shutdown::ShutdownHandle;
 use crate::signals::SignalWatcher;
 use crate::stats::{Stats, Summary};
 
-/// The signal pipe's token; the slab never reaches the top of the range.
+// Tokens. A connection's token is its slab key; fixed sources take tokens
+// from the top of the range, which no slab reaches. `source` below is the
+// inverse of this table, in one place.
+//
+//   usize::MAX                 signal pipe
+//   usize::MAX - 1             waker
+//   usize::MAX - 2             handover listener (--handover-socket)
+//   usize::MAX - 3             handover connection
+//   usize::MAX - 4             health listener (--health)
+//   usize::MAX - 16 - k        health connection k (k < 16)
+//   usize::MAX - 64 - j        UDP socket j (j < MAX_UDP_SOCKETS)
+//   usize::MAX - 320 - i       TCP listener i (i < MAX_LISTENERS)
+//   below FIRST_FIXED          client connections
+
+/// The signal pipe's token.
 const SIGNAL_TOKEN: Token = Token(usize::MAX);
 /// The waker's token ([`ShutdownHandle::drain`]).
 const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+/// The handover listener's token.
+const HANDOVER_LISTENER_TOKEN: Token = Token(usize::MAX - 2);
+/// The handover connection's token (one exchange at a time).
+const HANDOVER_CONNECTION_TOKEN: Token = Token(usize::MAX - 3);
+/// The health listener's token.
+const HEALTH_LISTENER_TOKEN: Token = Token(usize::MAX - 4);
+/// The first health connection's token; connection `k` counts down from it.
+const HEALTH_BASE: usize = usize::MAX - 16;
+/// Health connections at once (docs/protocol.md "Lame duck and health").
+const HEALTH_SLOTS: usize = 16;
+/// The first UDP socket's token; socket `j` counts down from it.
+const UDP_BASE: usize = usize::MAX - 64;
+/// The first TCP listener's token; listener `i` counts down from it.
+const LISTENER_BASE: usize = usize::MAX - 320;
 /// Tokens at or above this one belong to fixed sources; slab keys (client
-/// connections) stay below it. The range is far above any slab a process
-/// can fill, and wide enough for every listener [`Config::validate`] allows.
+/// connections) stay below it.
 const FIRST_FIXED: usize = usize::MAX - 1023;
-/// Listener `index`'s token, counting down from below the waker's.
+
+/// Listener `index`'s token.
 fn listener_token(index: usize) -> Token {
-    Token(usize::MAX - 2 - index)
+    Token(LISTENER_BASE - index)
 }
 
-/// What a token names: the inverse of the constants and functions above.
+/// Health connection `k`'s token.
+#[allow(dead_code)] // Used once the health listener is wired in.
+fn health_token(k: usize) -> Token {
+    Token(HEALTH_BASE - k)
+}
+
+/// UDP socket `j`'s token.
+#[allow(dead_code)] // Used once UDP is wired in.
+fn udp_token(j: usize) -> Token {
+    Token(UDP_BASE - j)
+}
+
+/// What a token names: the inverse of the table above.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     /// The signal pipe.
     Signal,
     /// The waker ([`ShutdownHandle::drain`]).
     Waker,
-    /// The listener at this index.
+    /// The handover listener.
+    HandoverListener,
+    /// The handover connection.
+    HandoverConnection,
+    /// The health listener.
+    HealthListener,
+    /// Health connection `k`.
+    Health(usize),
+    /// UDP socket `j`.
+    Udp(usize),
+    /// The TCP listener at this index.
     Listener(usize),
     /// The client connection with this slab key.
     Connection(usize),
+    /// A token no source was given; ignored like any spurious event.
+    Unknown,
 }
 
-/// Decodes a token. Tokens between the listeners and the connections are
-/// never handed out; they decode as a listener index the acceptor does not
-/// have, which it ignores like any spurious event.
+/// Decodes a token (the inverse of the token table).
 #[inline(always)]
 fn source(token: Token) -> Source {
-    match token {
-        SIGNAL_TOKEN => Source::Signal,
-        WAKER_TOKEN => Source::Waker,
-        Token(key) if key < FIRST_FIXED => Source::Connection(key),
-        Token(token) => Source::Listener(usize::MAX - 2 - token),
+    let Token(t) = token;
+    if t < FIRST_FIXED {
+        return Source::Connection(t);
+    }
+    match t {
+        _ if token == SIGNAL_TOKEN => Source::Signal,
+        _ if token == WAKER_TOKEN => Source::Waker,
+        _ if token == HANDOVER_LISTENER_TOKEN => Source::HandoverListener,
+        _ if token == HANDOVER_CONNECTION_TOKEN => Source::HandoverConnection,
+        _ if token == HEALTH_LISTENER_TOKEN => Source::HealthListener,
+        _ if t <= HEALTH_BASE && t > HEALTH_BASE - HEALTH_SLOTS => Source::Health(HEALTH_BASE - t),
+        _ if t <= UDP_BASE && t > UDP_BASE - crate::config::MAX_UDP_SOCKETS => {
+            Source::Udp(UDP_BASE - t)
+        }
+        _ if t <= LISTENER_BASE && t > LISTENER_BASE - crate::config::MAX_LISTENERS => {
+            Source::Listener(LISTENER_BASE - t)
+        }
+        _ => Source::Unknown,
     }
 }
 
@@ -378,6 +441,14 @@ impl Server {
                     self.accept_ready(index, Admission::Limited);
                 }
             }
+            // Not registered yet: the take-over, health and UDP sources are
+            // wired in by their own changes; until then no token names them.
+            Source::HandoverListener
+            | Source::HandoverConnection
+            | Source::HealthListener
+            | Source::Health(_)
+            | Source::Udp(_)
+            | Source::Unknown => {}
         }
     }
 
@@ -763,5 +834,40 @@ impl Server {
             s.left, s.closed_at_deadline, s.closed_forced, s.accepted, s.bytes_echoed
         );
         summary
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_token_decodes_to_the_source_it_was_made_for() {
+        assert_eq!(source(SIGNAL_TOKEN), Source::Signal);
+        assert_eq!(source(WAKER_TOKEN), Source::Waker);
+        assert_eq!(source(HANDOVER_LISTENER_TOKEN), Source::HandoverListener);
+        assert_eq!(source(HANDOVER_CONNECTION_TOKEN), Source::HandoverConnection);
+        assert_eq!(source(HEALTH_LISTENER_TOKEN), Source::HealthListener);
+        for k in 0..HEALTH_SLOTS {
+            assert_eq!(source(health_token(k)), Source::Health(k));
+        }
+        for j in 0..crate::config::MAX_UDP_SOCKETS {
+            assert_eq!(source(udp_token(j)), Source::Udp(j));
+        }
+        for i in 0..crate::config::MAX_LISTENERS {
+            assert_eq!(source(listener_token(i)), Source::Listener(i));
+        }
+        assert_eq!(source(Token(0)), Source::Connection(0));
+        assert_eq!(source(Token(FIRST_FIXED - 1)), Source::Connection(FIRST_FIXED - 1));
+        assert_eq!(source(Token(FIRST_FIXED)), Source::Unknown);
+        assert_eq!(source(Token(usize::MAX - 5)), Source::Unknown);
+    }
+
+    #[test]
+    fn the_ranges_do_not_overlap() {
+        assert!(HEALTH_LISTENER_TOKEN.0 > HEALTH_BASE);
+        assert!(HEALTH_BASE - HEALTH_SLOTS >= UDP_BASE);
+        assert!(UDP_BASE - crate::config::MAX_UDP_SOCKETS >= LISTENER_BASE);
+        assert!(LISTENER_BASE - crate::config::MAX_LISTENERS >= FIRST_FIXED);
     }
 }

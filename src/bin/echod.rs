@@ -42,12 +42,22 @@ fn run() -> Result<ExitCode, Error> {
     };
     let inherited = inherited.map_err(|detail| Error::Inherit { detail })?;
     init_logger(&config);
+    // docs/protocol.md "Running": room for many connections. The library
+    // leaves process-wide limits alone; the binary asks for this one.
+    match echod::raise_fd_limit() {
+        Ok(limit) => log::debug!("descriptor limit: nofile={limit}"),
+        Err(err) => log::warn!(
+            "cannot raise the descriptor limit: {}",
+            echod::error::os_reason(&err)
+        ),
+    }
     let watcher = SignalWatcher::install(config.pid_file.as_deref())?;
     let mut server = match inherited {
         Some(sockets) => Server::from_listeners(config.clone(), sockets)?,
         None => Server::bind(config.clone())?,
     };
     server.watch_signals(watcher)?;
+    server.notify_systemd();
     let pid = std::process::id();
     // The pid file comes before the readiness lines: once a script sees
     // `listening on`, the pid file is there to signal.
