@@ -34,11 +34,12 @@ unpack_deb() {
     local state="$CACHE/apt-$arch"
     local opts=(-o "APT::Architecture=$arch" -o "APT::Architectures::=$arch"
         -o "Dir::State::Lists=$state/lists" -o "Dir::State::status=$state/status"
-        -o "Dir::Cache=$state/cache" -o Debug::NoLocking=1)
+        -o "Dir::Cache=$state/cache" -o Debug::NoLocking=1
+        -o APT::Sandbox::User=root)
     mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$state/debs" "$root"
     touch "$state/status"
     if [ ! -e "$state/.updated" ]; then
-        apt-get -q "${opts[@]}" update >/dev/null || die "apt-get update for $arch failed"
+        apt_update "${opts[@]}"
         touch "$state/.updated"
     fi
     (cd "$state/debs" && apt-get -q "${opts[@]}" download "$name:$arch=$version" >/dev/null) ||
@@ -132,8 +133,7 @@ build_target() {
 }
 
 mkdir -p "$CACHE" || die "cannot create $CACHE"
-ensure_packages rustc-web="$RUST_DEB" cargo-web="$RUST_DEB" libstd-rust-web-dev="$RUST_DEB" \
-    libstd-rust-web-1.85="$RUST_DEB" rust-web-src="$RUST_DEB"
+ensure_rust
 for target in "$@"; do
     target_info "$target" >/dev/null || die "unknown target: $target (known: $TARGETS)"
 done

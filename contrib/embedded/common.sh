@@ -35,6 +35,17 @@ cross_packages() {
 }
 
 APT_UPDATED=0
+# apt-get update with the given options, tried three times: a mirror in the
+# middle of a sync fails one index now and then. A last failure only warns;
+# the install or download that follows says what is really missing.
+apt_update() {
+    local try
+    for try in 1 2 3; do
+        apt-get -q "$@" update >/dev/null 2>&1 && return 0
+        sleep $((try * 5))
+    done
+    echo "$PROG: warning: apt-get update failed three times; going on with what it fetched" >&2
+}
 # Installs name=version packages on the host unless that version is there.
 ensure_packages() {
     local missing=() spec name version have
@@ -47,7 +58,7 @@ ensure_packages() {
     [ ${#missing[@]} -eq 0 ] && return 0
     command -v apt-get >/dev/null || die "apt-get not found: this script needs Debian 12"
     if [ "$APT_UPDATED" = 0 ]; then
-        apt-get -q -o DPkg::Lock::Timeout=600 update >/dev/null || die "apt-get update failed"
+        apt_update -o DPkg::Lock::Timeout=600
         APT_UPDATED=1
     fi
     echo "$PROG: installing ${missing[*]}" >&2
@@ -62,3 +73,9 @@ ensure_packages() {
     rm -f "$log"
 }
 
+
+# Debian bookworm's Rust 1.85 (/usr/bin/rustc, /usr/bin/cargo) and its std source.
+ensure_rust() {
+    ensure_packages rustc-web="$RUST_DEB" cargo-web="$RUST_DEB" libstd-rust-web-dev="$RUST_DEB" \
+        libstd-rust-web-1.85="$RUST_DEB" rust-web-src="$RUST_DEB"
+}
