@@ -45,7 +45,7 @@ unpack_deb() {
     (cd "$state/debs" && apt-get -q "${opts[@]}" download "$name:$arch=$version" >/dev/null) ||
         die "cannot download $name:$arch=$version"
     local deb
-    deb=$(ls "$state/debs/${name}_"*"_$arch.deb" 2>/dev/null | head -n1)
+    deb=$(find "$state/debs" -name "${name}_*_$arch.deb" | head -n1)
     [ -n "$deb" ] || die "downloaded $name:$arch but found no .deb"
     dpkg-deb -x "$deb" "$root" || die "cannot unpack $deb"
     touch "$stamp"
@@ -87,6 +87,7 @@ build_target() {
             die "libstd-rust-web-dev:$arch has no std for $target"
         rustflags+=(--sysroot "$CACHE/root-$arch/usr")
     elif [ "$route" = build-std ]; then
+        # shellcheck disable=SC2054 # commas belong to the flags
         cargo_args+=(-Zbuild-std=std,panic_abort
             -Zbuild-std-features=optimize_for_size,panic_immediate_abort)
     fi

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Shared by contrib/embedded/*.sh (sourced; the caller sets ROOT and PROG).
 # The supported targets and the pinned Debian packages behind them.
 

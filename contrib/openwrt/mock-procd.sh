@@ -1,3 +1,4 @@
+# shellcheck shell=dash
 # A stand-in for OpenWrt's /lib/functions.sh and /lib/functions/procd.sh,
 # enough to run files/echod.init's start_service and service_triggers on a
 # Debian host (sourced by test.sh; POSIX sh). procd calls are printed, one
@@ -28,6 +29,7 @@ list() {
 }
 config_load() {
 	CONFIG_SECTIONS=""
+	# shellcheck source=/dev/null
 	. "$UCI_CONFIG_DIR/$1"
 }
 # Locals have odd names: the caller's variable name is assigned through eval.
