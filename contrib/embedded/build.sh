@@ -69,9 +69,9 @@ make_unwind_lib() {
 }
 
 build_target() {
-    local target=$1 info arch gnu libc route
+    local target=$1 info arch gnu libc route musl
     info=$(target_info "$target") || die "unknown target: $target (known: $TARGETS)"
-    read -r arch gnu libc route <<<"$info"
+    read -r arch gnu libc route musl <<<"$info"
     local gcc="$gnu-gcc"
     [ "$arch" = amd64 ] && gcc=gcc
     # shellcheck disable=SC2046
@@ -92,23 +92,18 @@ build_target() {
             -Zbuild-std-features=optimize_for_size,panic_immediate_abort)
     fi
     if [ "$libc" = musl ]; then
-        local musl_lib musl_inc specs="$ROOT/target/embedded/$target/musl-gcc.specs"
+        local musl_root="" specs="$ROOT/target/embedded/$target/musl-gcc.specs"
         if [ "$arch" = amd64 ]; then
             ensure_packages "musl-dev=$MUSL_DEB"
-            musl_lib=/usr/lib/${gnu%%-*}-linux-musl
-            musl_inc=/usr/include/${gnu%%-*}-linux-musl
         else
             unpack_deb musl-dev "$arch" "$MUSL_DEB"
-            musl_lib="$CACHE/root-$arch/usr/lib/${gnu%%-*}-linux-musl"
-            musl_inc="$CACHE/root-$arch/usr/include/${gnu%%-*}-linux-musl"
-            [ "$arch" = armhf ] && musl_lib="$CACHE/root-$arch/usr/lib/arm-linux-musleabihf" &&
-                musl_inc="$CACHE/root-$arch/usr/include/arm-linux-musleabihf"
+            musl_root="$CACHE/root-$arch"
         fi
+        local musl_lib="$musl_root/usr/lib/$musl" musl_inc="$musl_root/usr/include/$musl"
         [ -f "$musl_lib/musl-gcc.specs" ] || die "no musl-gcc.specs in $musl_lib"
         mkdir -p "$(dirname "$specs")"
         # Debian's specs name /usr paths; point them at where musl really is.
-        sed -e "s|/usr/lib/[a-z0-9_]*-linux-musl[a-z]*|$musl_lib|g" \
-            -e "s|/usr/include/[a-z0-9_]*-linux-musl[a-z]*|$musl_inc|g" \
+        sed -e "s|/usr/lib/$musl|$musl_lib|g" -e "s|/usr/include/$musl|$musl_inc|g" \
             "$musl_lib/musl-gcc.specs" >"$specs"
         make_unwind_lib "$gcc" "$specs" "$ROOT/target/embedded/$target/lib"
         # Non-PIE static: Debian's musl specs have no static-pie start file.

@@ -11,16 +11,17 @@ die() { echo "$PROG: $*" >&2; exit 1; }
 
 TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf mipsel-unknown-linux-gnu x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf x86_64-unknown-linux-gnu"
 
-# target -> Debian arch, GNU triplet of its C toolchain, C library, std route
+# target -> Debian arch, GNU triplet of its C toolchain, C library, std
+# route, and for musl the triplet of Debian's musl-dev paths ("-" otherwise).
 target_info() {
     case "$1" in
-    x86_64-unknown-linux-gnu) echo "amd64 x86_64-linux-gnu gnu debian" ;;
-    aarch64-unknown-linux-gnu) echo "arm64 aarch64-linux-gnu gnu debian" ;;
-    armv7-unknown-linux-gnueabihf) echo "armhf arm-linux-gnueabihf gnu debian" ;;
-    mipsel-unknown-linux-gnu) echo "mipsel mipsel-linux-gnu gnu build-std" ;;
-    x86_64-unknown-linux-musl) echo "amd64 x86_64-linux-gnu musl build-std" ;;
-    aarch64-unknown-linux-musl) echo "arm64 aarch64-linux-gnu musl build-std" ;;
-    armv7-unknown-linux-musleabihf) echo "armhf arm-linux-gnueabihf musl build-std" ;;
+    x86_64-unknown-linux-gnu) echo "amd64 x86_64-linux-gnu gnu debian -" ;;
+    aarch64-unknown-linux-gnu) echo "arm64 aarch64-linux-gnu gnu debian -" ;;
+    armv7-unknown-linux-gnueabihf) echo "armhf arm-linux-gnueabihf gnu debian -" ;;
+    mipsel-unknown-linux-gnu) echo "mipsel mipsel-linux-gnu gnu build-std -" ;;
+    x86_64-unknown-linux-musl) echo "amd64 x86_64-linux-gnu musl build-std x86_64-linux-musl" ;;
+    aarch64-unknown-linux-musl) echo "arm64 aarch64-linux-gnu musl build-std aarch64-linux-musl" ;;
+    armv7-unknown-linux-musleabihf) echo "armhf arm-linux-gnueabihf musl build-std arm-linux-musleabihf" ;;
     *) return 1 ;;
     esac
 }

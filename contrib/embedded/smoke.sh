@@ -18,7 +18,7 @@ PROG=smoke.sh
 [ $# -eq 1 ] || die "usage: contrib/embedded/smoke.sh TARGET (one of: $TARGETS)"
 target=$1
 info=$(target_info "$target") || die "unknown target: $target (known: $TARGETS)"
-read -r arch gnu libc _route <<<"$info"
+read -r arch gnu libc _route _musl <<<"$info"
 bin="$ROOT/target/$target/release/echod"
 [ -x "$bin" ] || die "no binary at $bin: run contrib/embedded/build.sh $target first"
 
