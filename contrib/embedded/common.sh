@@ -9,7 +9,7 @@ QEMU_DEB=1:7.2+dfsg-7+deb12u18+b3
 
 die() { echo "$PROG: $*" >&2; exit 1; }
 
-TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf mipsel-unknown-linux-gnu x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf x86_64-unknown-linux-gnu"
+TARGETS="aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf mipsel-unknown-linux-gnu x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-musleabihf x86_64-unknown-linux-gnu i686-unknown-linux-gnu mips-unknown-linux-gnu armv5te-unknown-linux-gnueabi riscv64gc-unknown-linux-gnu"
 
 # target -> Debian arch, GNU triplet of its C toolchain, C library, std
 # route, and for musl the triplet of Debian's musl-dev paths ("-" otherwise).
@@ -22,6 +22,10 @@ target_info() {
     x86_64-unknown-linux-musl) echo "amd64 x86_64-linux-gnu musl build-std x86_64-linux-musl" ;;
     aarch64-unknown-linux-musl) echo "arm64 aarch64-linux-gnu musl build-std aarch64-linux-musl" ;;
     armv7-unknown-linux-musleabihf) echo "armhf arm-linux-gnueabihf musl build-std arm-linux-musleabihf" ;;
+    i686-unknown-linux-gnu) echo "i386 i686-linux-gnu gnu debian -" ;;
+    mips-unknown-linux-gnu) echo "mips mips-linux-gnu gnu build-std -" ;;
+    armv5te-unknown-linux-gnueabi) echo "armel arm-linux-gnueabi gnu build-std -" ;;
+    riscv64gc-unknown-linux-gnu) echo "riscv64 riscv64-linux-gnu gnu build-std -" ;;
     *) return 1 ;;
     esac
 }
@@ -33,6 +37,10 @@ cross_packages() {
     aarch64-linux-gnu) echo "gcc-aarch64-linux-gnu=4:12.2.0-3 libc6-dev-arm64-cross=2.36-8cross1" ;;
     arm-linux-gnueabihf) echo "gcc-arm-linux-gnueabihf=4:12.2.0-3 libc6-dev-armhf-cross=2.36-8cross1" ;;
     mipsel-linux-gnu) echo "gcc-mipsel-linux-gnu=4:12.2.0-4 libc6-dev-mipsel-cross=2.36-8cross2" ;;
+    i686-linux-gnu) echo "gcc-i686-linux-gnu=4:12.2.0-3 libc6-dev-i386-cross=2.36-8cross1" ;;
+    mips-linux-gnu) echo "gcc-mips-linux-gnu=4:12.2.0-4 libc6-dev-mips-cross=2.36-8cross2" ;;
+    arm-linux-gnueabi) echo "gcc-arm-linux-gnueabi=4:12.2.0-3 libc6-dev-armel-cross=2.36-8cross1" ;;
+    riscv64-linux-gnu) echo "gcc-riscv64-linux-gnu=4:12.2.0-5 libc6-dev-riscv64-cross=2.36-8cross1" ;;
     esac
 }
 

@@ -28,6 +28,10 @@ amd64) ;;
 arm64) runner=(qemu-aarch64) ;;
 armhf) runner=(qemu-arm) ;;
 mipsel) runner=(qemu-mipsel) ;;
+mips) runner=(qemu-mips) ;;
+armel) runner=(qemu-arm) ;;
+riscv64) runner=(qemu-riscv64) ;;
+i386) runner=(qemu-i386) ;;
 *) die "no qemu-user mapping for $arch" ;;
 esac
 if [ ${#runner[@]} -gt 0 ]; then
