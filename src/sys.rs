@@ -39,7 +39,9 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         }
         lim = raised;
     }
-    Ok(lim.rlim_cur)
+    // rlim_t is u64 on 64-bit Linux and on musl, but u32 on 32-bit glibc.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(lim.rlim_cur))
 }
 
 /// True when `err` says the process or the system has run out of descriptors
