@@ -70,6 +70,10 @@ pub struct Summary {
     pub left: u64,
     /// Connections the server closed at the deadline (or at a forced stop).
     pub closed_at_deadline: u64,
+    /// Log lines dropped because stderr would not take them at once
+    /// (docs/protocol.md "Logs and notifications are best effort"); 0 unless
+    /// echod's own logger ([`crate::logging`]) is installed.
+    pub log_lines_dropped: u64,
 }
 
 /// A bound listener and the address it really got.
@@ -511,11 +515,12 @@ impl Server {
             State::Stopped { .. } => "stopped",
         };
         info!(
-            "stats: state={state} connections={} accepted={} bytes_echoed={} uptime={:.1}s",
+            "stats: state={state} connections={} accepted={} bytes_echoed={} uptime={:.1}s log_lines_dropped={}",
             self.conns.len(),
             self.stats.accepted,
             self.ctx.bytes_echoed,
-            self.started.elapsed().as_secs_f64()
+            self.started.elapsed().as_secs_f64(),
+            crate::logging::lines_dropped()
         );
     }
 
@@ -531,6 +536,7 @@ impl Server {
             bytes_echoed: self.ctx.bytes_echoed,
             left: self.stats.left,
             closed_at_deadline: self.stats.closed_at_deadline,
+            log_lines_dropped: crate::logging::lines_dropped() as u64,
         };
         let label = if end == DrainEnd::Forced {
             "drain forced"
@@ -539,8 +545,12 @@ impl Server {
         };
         let reason = reason.map_or_else(|| "none".to_owned(), |r| r.to_string());
         info!(
-            "{label}: reason={reason} end={end} left={} closed_at_deadline={} accepted={} bytes_echoed={}",
-            summary.left, summary.closed_at_deadline, summary.accepted, summary.bytes_echoed
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} accepted={} bytes_echoed={} log_lines_dropped={}",
+            summary.left,
+            summary.closed_at_deadline,
+            summary.accepted,
+            summary.bytes_echoed,
+            summary.log_lines_dropped
         );
         summary
     }
