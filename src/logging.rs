@@ -100,6 +100,18 @@ pub fn lines_dropped() -> usize {
     DROPPED.load(Ordering::Relaxed)
 }
 
+/// Writes `msg` from a signal handler if that cannot wait: only system
+/// calls, no lock, no allocation. On the `poll` fallback (see the module
+/// docs) it writes nothing, since another writer could make it wait.
+pub(crate) fn write_from_signal_handler(msg: &[u8]) {
+    // `OnceLock::get` is one atomic load once initialised: signal-safe.
+    if let Some(out) = OUTPUT.get() {
+        if out.sink.never_waits() {
+            let _ = out.sink.write(msg);
+        }
+    }
+}
+
 fn output() -> &'static Output {
     OUTPUT.get_or_init(|| Output::open(true))
 }
@@ -227,6 +239,12 @@ impl Sink {
             },
             Ok(FileKind::Other) | Err(_) => Sink::Polled,
         }
+    }
+
+    /// True unless this is the `poll` fallback, which a racing writer can
+    /// still make wait.
+    fn never_waits(&self) -> bool {
+        !matches!(self, Sink::Polled)
     }
 
     /// One write that does not wait; `WouldBlock` when stderr is full.

@@ -165,11 +165,13 @@ pub fn unblock_signals(signals: &[libc::c_int]) -> io::Result<()> {
 
 /// Registers a handler that counts deliveries of `signal` in `count` and,
 /// on the `limit`-th delivery of any signal sharing the counter, removes
-/// `unlink` (the pid file), says so on stderr and `_exit(0)`s at once.
+/// `unlink` (the pid file), calls `say` and `_exit(0)`s at once.
 ///
 /// This is SPEC "Draining" 6's third signal: it works even when the loop is
 /// stuck, because it runs in the handler. The counter also lets the loop
-/// count signals that signal-hook-mio merged into one report.
+/// count signals that signal-hook-mio merged into one report. `say` must be
+/// async-signal-safe and must never block (docs/protocol.md "Draining" 6:
+/// a full stderr pipe must not keep the process alive).
 ///
 /// # Errors
 ///
@@ -179,22 +181,22 @@ pub fn register_escalation(
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     limit: usize,
     unlink: Option<std::ffi::CString>,
+    say: fn(),
 ) -> io::Result<signal_hook::SigId> {
     use std::sync::atomic::Ordering;
     let action = move || {
         if count.fetch_add(1, Ordering::SeqCst) + 1 >= limit {
-            // Only async-signal-safe calls here: unlink, write, _exit.
+            // Only async-signal-safe calls here: unlink, `say`, _exit.
             if let Some(path) = &unlink {
                 // SAFETY: `path` is a valid NUL-terminated string owned by the closure.
                 unsafe { libc::unlink(path.as_ptr()) };
             }
-            let msg = b"echod: third signal: exiting now\n";
-            // SAFETY: writing a static buffer to stderr.
-            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            say();
             signal_hook::low_level::exit(0);
         }
     };
-    // SAFETY: the action only touches an atomic and calls async-signal-safe functions.
+    // SAFETY: the action only touches an atomic and calls async-signal-safe
+    // functions (`say` is one by this function's contract).
     unsafe { signal_hook::low_level::register(signal, action) }
 }
 

@@ -177,6 +177,31 @@ fn third_signal_exits_from_the_handler_and_says_so() {
     assert_eq!(read_to_eof(&mut client), b"", "{}", echod.stderr());
 }
 
+/// Issue #8 item 4: the handler wrote its message to stderr before
+/// `_exit`; with stderr a full blocking pipe that write blocked and the
+/// process ran on, its pid file already gone.
+#[test]
+fn third_signal_exits_even_with_stderr_a_full_blocking_pipe() {
+    let mut pipe = StalledPipe::new();
+    pipe.fill();
+    let pid_file = std::env::temp_dir().join(format!("echod-stuck-{}.pid", std::process::id()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
+    cmd.args(["--listen", "127.0.0.1:0", "--drain-timeout", "60"])
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .stderr(pipe.writer());
+    let mut echod = Unwatched::spawn_command(cmd);
+    let mut client = echod.connect();
+    // The full stderr does not stop the loop either (issue #8 item 3).
+    assert_eq!(round_trip(&mut client, b"x"), b"x");
+    assert_eq!(pipe.queued(), 4096, "the pipe is not full");
+    three_signals_before_the_loop_can_look(echod.pid());
+    let status = echod.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "exit status after the third signal");
+    assert!(!pid_file.exists(), "the handler removes the pid file");
+    assert_eq!(read_to_eof(&mut client), b"", "the loop saw the signals");
+}
+
 fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + limit;
     loop {
