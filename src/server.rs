@@ -515,12 +515,13 @@ impl Server {
             State::Stopped { .. } => "stopped",
         };
         info!(
-            "stats: state={state} connections={} accepted={} bytes_echoed={} uptime={:.1}s log_lines_dropped={}",
+            "stats: state={state} connections={} accepted={} bytes_echoed={} uptime={:.1}s log_lines_dropped={} notifications_dropped={}",
             self.conns.len(),
             self.stats.accepted,
             self.ctx.bytes_echoed,
             self.started.elapsed().as_secs_f64(),
-            crate::logging::lines_dropped()
+            crate::logging::lines_dropped(),
+            self.notifier.dropped()
         );
     }
 

@@ -1,10 +1,12 @@
-//! Logs are best effort (SPEC "Logs and notifications are best effort"): a
-//! full log device and a log reader that stalled cost log lines, counted and
-//! reported once writing works again, never the service or the drain.
+//! Logs and notifications are best effort (SPEC "Logs and notifications are
+//! best effort"): a full log device, a log reader that stalled and a
+//! service manager that does not read cost log lines and datagrams, counted
+//! and reported once writing works again, never the service or the drain.
 //! Regression tests for issue #8, items 2 and 3.
 
 mod common;
 
+use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -105,4 +107,51 @@ fn a_stalled_log_reader_neither_stops_echo_nor_the_drain_and_hears_what_was_drop
         "dropped lines reported more than once:\n{}",
         seen.concat()
     );
+}
+
+/// Issue #8 item 3: a `NOTIFY_SOCKET` nobody reads. Once its queue held
+/// `net.unix.max_dgram_qlen` datagrams the blocking send froze the loop.
+#[test]
+fn a_notify_socket_nobody_reads_neither_freezes_nor_stops_echod() {
+    let path = unique_temp_path("unread.sock");
+    let manager = UnixDatagram::bind(&path).expect("bind the notify socket");
+    // Fill its queue before echod starts, so even READY=1 finds it full.
+    let filler = UnixDatagram::unbound().expect("socket");
+    filler.set_nonblocking(true).expect("nonblocking");
+    let mut queued = 0;
+    while filler.send_to(b"STATUS=filler\n", &path).is_ok() {
+        queued += 1;
+        assert!(queued < 100_000, "the notify socket's queue never filled");
+    }
+    let mut cmd = echod_command(&["--drain-timeout", "30"]);
+    cmd.env("NOTIFY_SOCKET", &path);
+    let mut echod = Echod::spawn_command(cmd, 1);
+    let mut client = echod.connect();
+    assert_eq!(round_trip(&mut client, b"hello"), b"hello");
+    echod.wait_for_line("cannot notify the service manager", LIMIT);
+    echod.signal(libc::SIGTERM);
+    assert_eq!(read_to_eof(&mut client), b"SHUTDOWN", "{}", echod.stderr());
+    // The manager catches up: the next countdown status gets through and
+    // echod says how many it dropped (at least READY and STOPPING).
+    manager.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0; 4096];
+    while manager.recv(&mut buf).is_ok() {}
+    let report = echod.wait_for_line("notifications dropped: count=", LIMIT);
+    let count: usize = report
+        .rsplit("count=")
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| echod.fail(&format!("no count in {report:?}")));
+    assert!(count >= 2, "{report:?}");
+    let warnings = echod
+        .seen
+        .iter()
+        .filter(|l| l.contains("cannot notify"))
+        .count();
+    assert_eq!(warnings, 1, "warned more than once:\n{}", echod.stderr());
+    drop(client);
+    let status = echod.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", echod.stderr());
+    drop(manager);
+    let _ = std::fs::remove_file(&path);
 }
