@@ -5,8 +5,9 @@
 //! A line that stderr will not take at once (a full disk, a log shipper
 //! that stalled or went away) is dropped and counted; the next line that
 //! gets through is preceded by `log lines dropped: count=N`, and
-//! [`lines_dropped`] gives the total for the statistics. This module owns
-//! the line format (one place, so timestamps are easy to turn off or compile out)
+//! [`lines_dropped`] gives the total for the statistics. The readiness line
+//! goes out whatever the level ([`announce`]). This module owns the line
+//! format (one place, so timestamps are easy to turn off or compile out)
 //! and the choice of how to write without waiting; the system calls
 //! themselves live in `sys.rs`. `simple_logger` keeps the part it can do,
 //! choosing levels (`--log-level`, `RUST_LOG`); it cannot write: its
@@ -67,7 +68,7 @@ const STDERR: RawFd = 2;
 /// another writer's. Longer lines are cut.
 const LINE_MAX: usize = sys::PIPE_BUF;
 
-/// Where lines go, fixed by [`init`].
+/// Where lines go, fixed by the first [`init`] or [`announce`].
 static OUTPUT: OnceLock<Output> = OnceLock::new();
 /// Lines dropped since start.
 static DROPPED: AtomicUsize = AtomicUsize::new(0);
@@ -77,22 +78,29 @@ static UNREPORTED: AtomicUsize = AtomicUsize::new(0);
 /// newline, so the fragment does not swallow it.
 static TORN: AtomicBool = AtomicBool::new(false);
 
-/// Installs the logger: `level` if given, else `RUST_LOG`, else info.
+/// Installs the logger: `level` if given, else `RUST_LOG`, else info;
+/// `timestamps` puts the UTC time at the start of each line.
 ///
 /// # Errors
 ///
 /// Fails only if a logger is already installed.
-pub fn init(level: Option<LevelFilter>) -> Result<(), log::SetLoggerError> {
+pub fn init(level: Option<LevelFilter>, timestamps: bool) -> Result<(), log::SetLoggerError> {
     let filter = SimpleLogger::new().with_level(LevelFilter::Info);
     let filter = match level {
         Some(level) => filter.with_level(level),
         None => filter.env(),
     };
     let max_level = filter.max_level();
-    OUTPUT.get_or_init(|| Output::open(true));
+    OUTPUT.get_or_init(|| Output::open(timestamps));
     log::set_boxed_logger(Box::new(Logger { filter }))?;
     log::set_max_level(max_level);
     Ok(())
+}
+
+/// Writes one info line whatever the level, even `off`: the readiness line
+/// scripts wait for (docs/protocol.md "Command line").
+pub fn announce(args: fmt::Arguments<'_>) {
+    output().line(Level::Info, "echod", args);
 }
 
 /// Lines dropped since start because stderr would not take them at once.
@@ -140,7 +148,7 @@ impl Log for Logger {
 struct Output {
     /// How a write is kept from waiting.
     sink: Sink,
-    /// Lines begin with the UTC time.
+    /// Lines begin with the UTC time (`--log-timestamps`).
     timestamps: bool,
 }
 

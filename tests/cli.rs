@@ -357,3 +357,38 @@ fn log_lines_start_with_a_timestamp_and_the_listening_line_names_the_pid() {
         );
     }
 }
+
+/// Issue #8: `--log-level warn` hid the line scripts wait for.
+#[test]
+fn log_level_off_still_prints_the_readiness_line_and_nothing_else() {
+    let mut echod = Echod::spawn(&["--log-level", "off"]);
+    let mut conn = echod.connect();
+    assert_eq!(round_trip(&mut conn, b"x"), b"x");
+    drop(conn);
+    echod.signal(libc::SIGTERM);
+    let status = echod.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", echod.stderr());
+    assert_eq!(echod.seen.len(), 1, "{}", echod.stderr());
+}
+
+#[test]
+fn rust_log_off_still_prints_the_readiness_line() {
+    // Echod::spawn_command sets RUST_LOG=info on the command when the test
+    // process has none, overriding a cmd.env(); `env` sets it after that.
+    let mut cmd = Command::new("env");
+    cmd.args([
+        "RUST_LOG=off",
+        env!("CARGO_BIN_EXE_echod"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let echod = Echod::spawn_command(cmd, 1);
+    assert_ne!(echod.addr().port(), 0);
+}
+
+#[test]
+fn log_timestamps_off_starts_lines_with_the_level() {
+    let mut echod = Echod::spawn(&["--log-timestamps", "off"]);
+    let line = echod.wait_for_line("listening on ", LIMIT);
+    assert!(line.starts_with("INFO  [echod] listening on "), "{line:?}");
+}

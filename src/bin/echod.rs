@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use echod::{Command, Config, Error, Server, SignalWatcher};
-use log::info;
 
 fn main() -> ExitCode {
     match run() {
@@ -43,8 +42,10 @@ fn run() -> Result<ExitCode, Error> {
         Some(path) => Some(PidFile::write(path, pid)?),
         None => None,
     };
+    // Whatever --log-level says: scripts wait for this line
+    // (docs/protocol.md "Command line").
     for addr in server.local_addrs() {
-        info!("listening on {addr} pid={pid}");
+        echod::logging::announce(format_args!("listening on {addr} pid={pid}"));
     }
     server.run()?;
     Ok(ExitCode::SUCCESS)
@@ -58,7 +59,7 @@ fn print_and_exit(text: &str) -> ExitCode {
 
 fn init_logger(config: &Config) {
     // Only fails if a logger is already installed, which cannot happen here.
-    let _ = echod::logging::init(config.log_level);
+    let _ = echod::logging::init(config.log_level, config.log_timestamps);
 }
 
 /// The pid file: written after binding, removed when dropped at exit.
