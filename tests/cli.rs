@@ -30,20 +30,28 @@ impl Outcome {
 /// its own. A child still running at the limit is killed and the test fails.
 #[track_caller]
 fn run_to_exit(args: &[&str]) -> Outcome {
+    run_to_exit_with_stdout(args, Stdio::piped())
+}
+
+/// [`run_to_exit`] with stdout going to `stdout` (captured only when piped).
+#[track_caller]
+fn run_to_exit_with_stdout(args: &[&str], stdout: Stdio) -> Outcome {
     let mut child = Command::new(env!("CARGO_BIN_EXE_echod"))
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn echod");
     // Readers on threads, so a chatty child never blocks on a full pipe.
-    let mut out = child.stdout.take().expect("stdout piped");
+    let out = child.stdout.take();
     let mut err = child.stderr.take().expect("stderr piped");
     let out = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
+        if let Some(mut out) = out {
+            let _ = out.read_to_string(&mut s);
+        }
         s
     });
     let err = std::thread::spawn(move || {
@@ -354,6 +362,24 @@ fn log_lines_start_with_a_timestamp_and_the_listening_line_names_the_pid() {
         assert!(
             seen.as_bytes().iter().take(4).all(u8::is_ascii_digit),
             "{seen:?} does not start with a year"
+        );
+    }
+}
+
+/// Issue #8: `echod --help >/dev/full` printed nothing and exited 0.
+#[test]
+fn help_or_version_to_a_full_stdout_exits_1_with_one_line() {
+    for flag in ["--help", "--version"] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let outcome = run_to_exit_with_stdout(&[flag], Stdio::from(full));
+        assert_eq!(outcome.status.code(), Some(1), "{flag}: {}", outcome.stderr);
+        assert_eq!(
+            outcome.stderr_lines(),
+            ["echod: cannot write to stdout: no space left on device"],
+            "{flag}"
         );
     }
 }

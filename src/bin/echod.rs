@@ -51,10 +51,27 @@ fn run() -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints `--help` or `--version`. A stdout that cannot take it
+/// (`>/dev/full`) is one line on stderr and exit 1: a script must not take
+/// an empty file for the help. A reader that went away (`| head -1`) took
+/// what it wanted: exit 0 quietly.
 fn print_and_exit(text: &str) -> ExitCode {
-    // A closed stdout (`echod --help | head -0`) is not an error worth a panic.
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    ExitCode::SUCCESS
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            let reason = echod::error::os_reason(&err);
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "echod: cannot write to stdout: {reason}"
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logger(config: &Config) {
