@@ -1,8 +1,8 @@
-//! Logs and notifications are best effort (SPEC "Logs and notifications are
-//! best effort"): a full log device, a log reader that stalled and a
-//! service manager that does not read cost log lines and datagrams, counted
-//! and reported once writing works again, never the service or the drain.
-//! Regression tests for issue #8, items 2 and 3.
+//! Logs and notifications are best effort (docs/protocol.md "Logs and
+//! notifications are best effort"): a full log device, a log reader that
+//! stalled and a service manager that does not read cost log lines and
+//! datagrams, counted and reported once writing works again, never the
+//! service or the drain. Regression tests for issue #8, items 2 and 3.
 
 mod common;
 
