@@ -45,8 +45,8 @@
 //! `RWF_NOWAIT` was rejected: pipes honour it only from Linux 6.4 (before,
 //! `EOPNOTSUPP`), 6.4 without its follow-up fix could still wait, and
 //! terminals and regular files refuse it (`EOPNOTSUPP`). One line is one
-//! system call (simple_logger made three: a `poll` of the old guard, the
-//! text, and the newline apart, so a line could be split).
+//! system call; it was three (the old guard's `poll`, then simple_logger's
+//! text and newline apart, so another writer could split a line).
 
 use std::fmt::{self, Write as _};
 use std::io;
