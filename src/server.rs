@@ -81,6 +81,10 @@ pub struct Summary {
     pub closed_at_deadline: u64,
     /// Connections the server closed at a forced stop.
     pub closed_forced: u64,
+    /// Log lines dropped because stderr would not take them at once
+    /// (docs/protocol.md "Logs and notifications are best effort"); 0 unless
+    /// echod's own logger ([`crate::logging`]) is installed.
+    pub log_lines_dropped: u64,
 }
 
 /// A bound listener and the address it really got.
@@ -657,12 +661,14 @@ impl Server {
             State::Stopped { .. } => "stopped",
         };
         info!(
-            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s",
+            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s log_lines_dropped={} notifications_dropped={}",
             self.conns.len(),
             self.stats.accepted,
             self.ctx.bytes_echoed,
             self.ctx.budget.charged(),
-            self.started.elapsed().as_secs_f64()
+            self.started.elapsed().as_secs_f64(),
+            crate::logging::lines_dropped(),
+            self.notifier.dropped()
         );
     }
 
@@ -679,6 +685,7 @@ impl Server {
             left: self.stats.left,
             closed_at_deadline: self.stats.closed_at_deadline,
             closed_forced: self.stats.closed_forced,
+            log_lines_dropped: crate::logging::lines_dropped() as u64,
         };
         let label = if end == DrainEnd::Forced {
             "drain forced"
@@ -687,12 +694,13 @@ impl Server {
         };
         let reason = reason.map_or_else(|| "none".to_owned(), |r| r.to_string());
         info!(
-            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={}",
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={}",
             summary.left,
             summary.closed_at_deadline,
             summary.closed_forced,
             summary.accepted,
-            summary.bytes_echoed
+            summary.bytes_echoed,
+            summary.log_lines_dropped
         );
         summary
     }
