@@ -59,6 +59,8 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
     /// Log level from `--log-level`; `None` means `RUST_LOG`, else info.
     pub log_level: Option<LevelFilter>,
+    /// Log lines begin with the UTC time (`--log-timestamps on`, the default).
+    pub log_timestamps: bool,
     /// Set `SO_REUSEPORT` on the listeners so several processes share a port.
     pub reuse_port: bool,
 }
@@ -76,6 +78,7 @@ impl Default for Config {
             backlog: 1024,
             pid_file: None,
             log_level: None,
+            log_timestamps: true,
             reuse_port: false,
         }
     }
@@ -97,11 +100,7 @@ impl Config {
         }
         if self.listen.len() > MAX_LISTENERS {
             let value = self.listen.len().to_string();
-            return Err(UsageError::new(
-                "--listen",
-                &value,
-                "at most 256 addresses",
-            ));
+            return Err(UsageError::new("--listen", &value, "at most 256 addresses"));
         }
         if self.max_connections == 0 {
             return Err(UsageError::new(
@@ -211,7 +210,9 @@ Options:
       --reuse-port              set SO_REUSEPORT so several processes share the port
       --pid-file PATH           write the PID here after binding (atomically);
                                 removed at exit if it still holds this PID
-      --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG]
+      --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG];
+                                the 'listening on' line is printed at any level
+      --log-timestamps on|off   begin log lines with the UTC time [default: on]
   -h, --help                    print this help
   -V, --version                 print the version
 
@@ -288,6 +289,10 @@ where
             Long("log-level") => {
                 let value = string_value(&mut parser, "--log-level")?;
                 config.log_level = Some(parse_level(&value)?);
+            }
+            Long("log-timestamps") => {
+                let value = string_value(&mut parser, "--log-timestamps")?;
+                config.log_timestamps = parse_on_off("--log-timestamps", &value)?;
             }
             Long("reuse-port") => config.reuse_port = true,
             Short('h') | Long("help") => return Ok(Command::Help),
@@ -407,6 +412,14 @@ fn parse_bytes(flag: &str, value: &str) -> Result<usize, UsageError> {
     count
         .checked_mul(multiplier)
         .ok_or_else(|| too_large(flag, value))
+}
+
+fn parse_on_off(flag: &str, value: &str) -> Result<bool, UsageError> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(UsageError::new(flag, value, "expected on or off")),
+    }
 }
 
 fn parse_level(value: &str) -> Result<LevelFilter, UsageError> {
@@ -611,5 +624,23 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("--shutdown-message"), "{err}");
+    }
+
+    #[test]
+    fn log_timestamps_is_on_or_off() {
+        assert!(run(&[]).unwrap().log_timestamps);
+        assert!(run(&["--log-timestamps", "on"]).unwrap().log_timestamps);
+        assert!(!run(&["--log-timestamps=off"]).unwrap().log_timestamps);
+        let err = run(&["--log-timestamps", "yes"]).unwrap_err();
+        assert_eq!(
+            err,
+            "--log-timestamps \"yes\": expected on or off (see --help)"
+        );
+    }
+
+    #[test]
+    fn byte_sizes_overflowing_are_refused() {
+        let err = run(&["--max-pending", "99999999999999999999G"]).unwrap_err();
+        assert!(err.contains("--max-pending"), "{err}");
     }
 }

@@ -17,9 +17,9 @@
 //! - `idle.rs`: the `--idle-timeout` sweep epochs and the one-second linger (not yet wired).
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
-//! - [`notify`]: systemd readiness and status.
-//! - [`logging`]: simple_logger on stderr, guarded against a log reader that went away.
-//! - [`sys`]: the only `unsafe`: rlimits, `FIONREAD`, affinity, inherited sockets.
+//! - [`notify`]: systemd readiness and status, one datagram each, never waiting.
+//! - [`logging`]: log lines on stderr that never wait or end the process; drops counted.
+//! - [`sys`]: the only `unsafe`: rlimits, `FIONREAD`, affinity, inherited sockets, raw writes.
 //! - [`error`]: [`Error`] for start-up and loop-fatal failures, with exit codes.
 //!
 //! Embedding: bind, learn the addresses, hand the handle to whoever decides

@@ -802,12 +802,14 @@ impl Server {
             State::Stopped { .. } => "stopped",
         };
         info!(
-            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s",
+            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s log_lines_dropped={} notifications_dropped={}",
             self.slots.len(),
             self.stats.accepted,
             self.ctx.bytes_echoed,
             self.ctx.budget.charged(),
-            self.started.elapsed().as_secs_f64()
+            self.started.elapsed().as_secs_f64(),
+            crate::logging::lines_dropped(),
+            self.notifier.dropped()
         );
     }
 
@@ -818,6 +820,7 @@ impl Server {
             _ => (DrainReason::Handle, DrainEnd::Emptied),
         };
         self.stats.bytes_echoed = self.ctx.bytes_echoed;
+        self.stats.log_lines_dropped = crate::logging::lines_dropped() as u64;
         let summary = Summary {
             reason,
             end,
@@ -830,8 +833,13 @@ impl Server {
         };
         let s = &summary.stats;
         info!(
-            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={}",
-            s.left, s.closed_at_deadline, s.closed_forced, s.accepted, s.bytes_echoed
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={}",
+            s.left,
+            s.closed_at_deadline,
+            s.closed_forced,
+            s.accepted,
+            s.bytes_echoed,
+            s.log_lines_dropped
         );
         summary
     }
@@ -846,7 +854,10 @@ mod tests {
         assert_eq!(source(SIGNAL_TOKEN), Source::Signal);
         assert_eq!(source(WAKER_TOKEN), Source::Waker);
         assert_eq!(source(HANDOVER_LISTENER_TOKEN), Source::HandoverListener);
-        assert_eq!(source(HANDOVER_CONNECTION_TOKEN), Source::HandoverConnection);
+        assert_eq!(
+            source(HANDOVER_CONNECTION_TOKEN),
+            Source::HandoverConnection
+        );
         assert_eq!(source(HEALTH_LISTENER_TOKEN), Source::HealthListener);
         for k in 0..HEALTH_SLOTS {
             assert_eq!(source(health_token(k)), Source::Health(k));
@@ -858,7 +869,10 @@ mod tests {
             assert_eq!(source(listener_token(i)), Source::Listener(i));
         }
         assert_eq!(source(Token(0)), Source::Connection(0));
-        assert_eq!(source(Token(FIRST_FIXED - 1)), Source::Connection(FIRST_FIXED - 1));
+        assert_eq!(
+            source(Token(FIRST_FIXED - 1)),
+            Source::Connection(FIRST_FIXED - 1)
+        );
         assert_eq!(source(Token(FIRST_FIXED)), Source::Unknown);
         assert_eq!(source(Token(usize::MAX - 5)), Source::Unknown);
     }

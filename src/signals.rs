@@ -81,6 +81,7 @@ impl SignalWatcher {
                 Arc::clone(&delivered),
                 EXIT_IN_HANDLER_AT,
                 unlink.clone(),
+                say_exiting_now,
             )
             .map_err(setup)?;
         }
@@ -121,6 +122,14 @@ impl SignalWatcher {
         }
         received
     }
+}
+
+/// The third signal's last words, if stderr takes them at once: the handler
+/// must not wait on a full pipe (docs/protocol.md "Draining" 6). Without
+/// echod's logger ([`crate::logging::init`]) nothing is written, since
+/// nothing then says whether a write to fd 2 could wait.
+fn say_exiting_now() {
+    crate::logging::write_from_signal_handler(b"echod: third signal: exiting now\n");
 }
 
 /// The conventional name of a drain signal.

@@ -29,6 +29,10 @@ pub struct Stats {
     /// Connections the server closed at a forced stop (another signal while
     /// draining).
     pub closed_forced: u64,
+    /// Log lines dropped because stderr would not take them at once
+    /// (docs/protocol.md "Logs and notifications are best effort"); 0 unless
+    /// echod's own logger is installed.
+    pub log_lines_dropped: u64,
 }
 
 impl Stats {

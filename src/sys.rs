@@ -11,7 +11,7 @@
 //! but only Linux is tested.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit.
@@ -39,7 +39,9 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         }
         lim = raised;
     }
-    Ok(lim.rlim_cur)
+    // rlim_t is u64 on 64-bit Linux and on musl, but u32 on 32-bit glibc.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(lim.rlim_cur))
 }
 
 /// True when `err` says the process or the system has run out of descriptors
@@ -188,11 +190,13 @@ pub fn unblock_signals(signals: &[libc::c_int]) -> io::Result<()> {
 
 /// Registers a handler that counts deliveries of `signal` in `count` and,
 /// on the `limit`-th delivery of any signal sharing the counter, removes
-/// `unlink` (the pid file), says so on stderr and `_exit(0)`s at once.
+/// `unlink` (the pid file), calls `say` and `_exit(0)`s at once.
 ///
 /// This is SPEC "Draining" 6's third signal: it works even when the loop is
 /// stuck, because it runs in the handler. The counter also lets the loop
-/// count signals that signal-hook-mio merged into one report.
+/// count signals that signal-hook-mio merged into one report. `say` must be
+/// async-signal-safe and must never block (docs/protocol.md "Draining" 6:
+/// a full stderr pipe must not keep the process alive).
 ///
 /// # Errors
 ///
@@ -202,22 +206,22 @@ pub fn register_escalation(
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     limit: usize,
     unlink: Option<std::ffi::CString>,
+    say: fn(),
 ) -> io::Result<signal_hook::SigId> {
     use std::sync::atomic::Ordering;
     let action = move || {
         if count.fetch_add(1, Ordering::SeqCst) + 1 >= limit {
-            // Only async-signal-safe calls here: unlink, write, _exit.
+            // Only async-signal-safe calls here: unlink, `say`, _exit.
             if let Some(path) = &unlink {
                 // SAFETY: `path` is a valid NUL-terminated string owned by the closure.
                 unsafe { libc::unlink(path.as_ptr()) };
             }
-            let msg = b"echod: third signal: exiting now\n";
-            // SAFETY: writing a static buffer to stderr.
-            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            say();
             signal_hook::low_level::exit(0);
         }
     };
-    // SAFETY: the action only touches an atomic and calls async-signal-safe functions.
+    // SAFETY: the action only touches an atomic and calls async-signal-safe
+    // functions (`say` is one by this function's contract).
     unsafe { signal_hook::low_level::register(signal, action) }
 }
 
@@ -332,33 +336,130 @@ fn check_tcp_listener(socket: &socket2::Socket) -> Result<(), String> {
     Ok(())
 }
 
-/// True when stderr is a pipe or socket whose reader has gone (`poll`
-/// reports `POLLERR`/`POLLHUP`): the next write would fail with `EPIPE`.
-pub fn is_stderr_broken() -> bool {
-    let mut fd = libc::pollfd {
-        fd: libc::STDERR_FILENO,
+/// What kind of file a descriptor refers to, as far as writing to it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A socket (a journal stream, a socketpair).
+    Socket,
+    /// A pipe or FIFO.
+    Fifo,
+    /// A character device: a terminal, `/dev/null`, `/dev/full`, a serial console.
+    CharDevice,
+    /// A regular file.
+    Regular,
+    /// Anything else (a directory, a block device).
+    Other,
+}
+
+/// The kind of file `fd` refers to (`fstat`).
+///
+/// # Errors
+///
+/// The OS error from `fstat`, for example `EBADF` when `fd` is not open.
+pub fn file_kind(fd: RawFd) -> io::Result<FileKind> {
+    // SAFETY: stat is plain data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid and writable; an invalid fd only yields EBADF.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(match st.st_mode & libc::S_IFMT {
+        libc::S_IFSOCK => FileKind::Socket,
+        libc::S_IFIFO => FileKind::Fifo,
+        libc::S_IFCHR => FileKind::CharDevice,
+        libc::S_IFREG => FileKind::Regular,
+        _ => FileKind::Other,
+    })
+}
+
+/// Opens the pipe, FIFO or terminal behind `fd` again, write-only and
+/// non-blocking, as a new open file description of this process's own.
+///
+/// `O_NONBLOCK` belongs to the open file description, which a stderr
+/// shares with every process that inherited it (the shell, the terminal's
+/// other programs, a supervisor's other children); setting it on fd 2 would
+/// change their writes too. A fresh `open` of `/proc/self/fd/N` gives a
+/// description of our own, so the flag stays ours. `O_NOCTTY`: opening a
+/// terminal must not make it our controlling terminal.
+///
+/// # Errors
+///
+/// The OS error from `open`: `ENOENT` without `/proc`, `EACCES` when the
+/// pipe or terminal belongs to another user, `ENXIO` for a socket or for a
+/// FIFO whose reader is gone.
+pub fn reopen_nonblocking(fd: RawFd) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(format!("/proc/self/fd/{fd}"))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// `write(2)` on a raw descriptor: one system call, async-signal-safe.
+///
+/// # Errors
+///
+/// The OS error, including `WouldBlock` on a full non-blocking pipe.
+pub fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes; a bad fd only yields EBADF.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL` on a raw descriptor: this one
+/// call never waits, whatever the socket's own flags, and a reader that went
+/// away yields `EPIPE` rather than SIGPIPE. Async-signal-safe.
+///
+/// # Errors
+///
+/// The OS error, including `WouldBlock` when the socket buffer is full.
+pub fn send_nowait(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes; a bad fd only yields EBADF.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// True when `poll` says `fd` is writable now (zero timeout), and neither
+/// broken (`POLLERR`) nor hung up (`POLLHUP`). Async-signal-safe.
+///
+/// # Notes
+///
+/// On Linux a pipe is writable when at least one of its page-sized slots
+/// is free, so a write of at most `PIPE_BUF` (one page) bytes then completes
+/// without waiting, unless another writer fills the slot first; a pipe
+/// whose last page still has room but no free slot is reported full. A
+/// regular file is always writable. A terminal is writable with some room
+/// left, not necessarily enough for the whole write.
+pub fn is_writable_now(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
         events: libc::POLLOUT,
         revents: 0,
     };
     // SAFETY: one valid pollfd, zero timeout.
-    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
-    ready > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready > 0
+        && pfd.revents & libc::POLLOUT != 0
+        && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0
 }
 
-/// Points stderr at `/dev/null`, so later writes succeed and go nowhere.
-///
-/// # Errors
-///
-/// The OS error from `open` or `dup2`.
-pub fn silence_stderr() -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    // SAFETY: both descriptors are valid; dup2 replaces fd 2 atomically.
-    if unsafe { libc::dup2(null.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
+/// The most bytes a write to a pipe moves at once, never interleaved with
+/// another writer's (`PIPE_BUF`, 4096 on Linux).
+pub const PIPE_BUF: usize = libc::PIPE_BUF;
 
 // ---------------------------------------------------------------------------
 // Process figures for the health listener's `/metrics` (health/metrics.rs).

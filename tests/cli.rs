@@ -31,29 +31,37 @@ impl Outcome {
 /// its own. A child still running at the limit is killed and the test fails.
 #[track_caller]
 fn run_to_exit(args: &[&str]) -> Outcome {
+    run_to_exit_with_stdout(args, Stdio::piped())
+}
+
+/// [`run_to_exit`] with stdout going to `stdout` (captured only when piped).
+#[track_caller]
+fn run_to_exit_with_stdout(args: &[&str], stdout: Stdio) -> Outcome {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
     cmd.args(args);
-    run_command_to_exit(cmd)
+    run_command_to_exit(cmd, stdout)
 }
 
 /// Runs a prepared command (echod, or a shell that `exec`s it) as
-/// [`run_to_exit`] does.
+/// [`run_to_exit`] does, with stdout going to `stdout`.
 #[track_caller]
-fn run_command_to_exit(mut cmd: Command) -> Outcome {
+fn run_command_to_exit(mut cmd: Command, stdout: Stdio) -> Outcome {
     let args = format!("{cmd:?}");
     let mut child = cmd
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn echod");
     // Readers on threads, so a chatty child never blocks on a full pipe.
-    let mut out = child.stdout.take().expect("stdout piped");
+    let out = child.stdout.take();
     let mut err = child.stderr.take().expect("stderr piped");
     let out = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
+        if let Some(mut out) = out {
+            let _ = out.read_to_string(&mut s);
+        }
         s
     });
     let err = std::thread::spawn(move || {
@@ -580,7 +588,7 @@ fn activated_command(listen_pid: &str, listen_fds: &str, fd3: Option<i32>) -> Co
 /// stderr line.
 #[track_caller]
 fn refused_activation(cmd: Command) -> String {
-    let outcome = run_command_to_exit(cmd);
+    let outcome = run_command_to_exit(cmd, Stdio::piped());
     assert_eq!(
         outcome.status.code(),
         Some(1),
@@ -657,4 +665,57 @@ fn an_inherited_tcp_socket_that_is_not_listening_is_refused() {
         line,
         "echod: cannot use inherited sockets: fd 3 is a TCP socket that is not listening"
     );
+}
+
+/// Issue #8: `echod --help >/dev/full` printed nothing and exited 0.
+#[test]
+fn help_or_version_to_a_full_stdout_exits_1_with_one_line() {
+    for flag in ["--help", "--version"] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let outcome = run_to_exit_with_stdout(&[flag], Stdio::from(full));
+        assert_eq!(outcome.status.code(), Some(1), "{flag}: {}", outcome.stderr);
+        assert_eq!(
+            outcome.stderr_lines(),
+            ["echod: cannot write to stdout: no space left on device"],
+            "{flag}"
+        );
+    }
+}
+
+/// Issue #8: `--log-level warn` hid the line scripts wait for.
+#[test]
+fn log_level_off_still_prints_the_readiness_line_and_nothing_else() {
+    let mut echod = Echod::spawn(&["--log-level", "off"]);
+    let mut conn = echod.connect();
+    assert_eq!(round_trip(&mut conn, b"x"), b"x");
+    drop(conn);
+    echod.signal(libc::SIGTERM);
+    let status = echod.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", echod.stderr());
+    assert_eq!(echod.seen.len(), 1, "{}", echod.stderr());
+}
+
+#[test]
+fn rust_log_off_still_prints_the_readiness_line() {
+    // Echod::spawn_command sets RUST_LOG=info on the command when the test
+    // process has none, overriding a cmd.env(); `env` sets it after that.
+    let mut cmd = Command::new("env");
+    cmd.args([
+        "RUST_LOG=off",
+        env!("CARGO_BIN_EXE_echod"),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let echod = Echod::spawn_command(cmd, 1);
+    assert_ne!(echod.addr().port(), 0);
+}
+
+#[test]
+fn log_timestamps_off_starts_lines_with_the_level() {
+    let mut echod = Echod::spawn(&["--log-timestamps", "off"]);
+    let line = echod.wait_for_line("listening on ", LIMIT);
+    assert!(line.starts_with("INFO  [echod] listening on "), "{line:?}");
 }

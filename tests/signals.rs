@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -158,81 +157,73 @@ fn is_pending(pid: i32, sig: i32) -> bool {
         .any(|mask| mask & bit != 0)
 }
 
+/// Stops the child, sends it SIGHUP, SIGINT and SIGTERM, and lets it go on:
+/// all three are delivered before its loop runs again, so the third is
+/// handled by the handler itself, as when the loop is stuck.
+fn three_signals_before_the_loop_can_look(pid: i32) {
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    wait_until(LIMIT, "echod to stop", || is_stopped(pid));
+    for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: kill(2) on our own (stopped) child; the signals stay pending.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+    wait_until(LIMIT, "the three signals to be pending", || {
+        [libc::SIGHUP, libc::SIGINT, libc::SIGTERM]
+            .iter()
+            .all(|&sig| is_pending(pid, sig))
+    });
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+}
+
+/// True while the process is stopped (state `T` in `/proc/PID/stat`).
+fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state == "T")
+        })
+        .unwrap_or(false)
+}
+
 #[test]
-fn third_signal_exits_even_when_the_loop_is_stuck() {
-    // A tiny stderr pipe that nobody reads: once it is full, the loop blocks
-    // in its next log write and cannot handle signals itself.
-    let mut fds = [0; 2];
-    // SAFETY: pipe(2) fills two descriptors.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: F_SETPIPE_SZ on our own pipe; the kernel rounds up to a page.
-    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096) };
-    // SAFETY: the write end becomes the child's stderr; we own it.
-    let stderr = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
-    let port_file = std::env::temp_dir().join(format!("echod-stuck-{}.pid", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_echod"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--drain-timeout",
-            "60",
-            "--log-level",
-            "debug",
-        ])
+fn third_signal_exits_from_the_handler_and_says_so() {
+    let mut echod = Echod::spawn(&["--drain-timeout", "60"]);
+    let mut client = echod.connect();
+    assert_eq!(round_trip(&mut client, b"x"), b"x");
+    three_signals_before_the_loop_can_look(echod.pid());
+    let status = echod.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "{}", echod.stderr());
+    echod.wait_for_line("third signal: exiting now", LIMIT);
+    // The loop never saw the signals: no drain, no notice.
+    assert_eq!(read_to_eof(&mut client), b"", "{}", echod.stderr());
+}
+
+/// Issue #8 item 4: the handler wrote its message to stderr before
+/// `_exit`; with stderr a full blocking pipe that write blocked and the
+/// process ran on, its pid file already gone.
+#[test]
+fn third_signal_exits_even_with_stderr_a_full_blocking_pipe() {
+    let mut pipe = StalledPipe::new();
+    pipe.fill();
+    let pid_file = std::env::temp_dir().join(format!("echod-stuck-{}.pid", std::process::id()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
+    cmd.args(["--listen", "127.0.0.1:0", "--drain-timeout", "60"])
         .arg("--pid-file")
-        .arg(&port_file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr))
-        .spawn()
-        .expect("spawn echod");
-    // Read the address from the pipe, then stop reading it.
-    // SAFETY: the read end is ours.
-    let mut reader = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[0]) };
-    let mut head = Vec::new();
-    let mut byte = [0; 1];
-    while !String::from_utf8_lossy(&head).contains("listening on") || byte[0] != b'\n' {
-        assert_eq!(reader.read(&mut byte).unwrap(), 1, "echod closed stderr");
-        head.push(byte[0]);
-    }
-    let text = String::from_utf8_lossy(&head).to_string();
-    let line = text
-        .lines()
-        .find(|l| l.contains("listening on"))
-        .unwrap_or_default();
-    let addr = parse_listening(line);
-    // Each connection logs debug lines; open connections until the loop
-    // stops answering (its stderr is full), bounded.
-    let mut stuck = false;
-    let mut clients = Vec::new();
-    for _ in 0..2000 {
-        let mut c = connect(addr);
-        c.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        std::io::Write::write_all(&mut c, b"?").unwrap();
-        let mut b = [0; 1];
-        if c.read(&mut b).is_err() {
-            stuck = true;
-            break;
-        }
-        clients.push(c);
-    }
-    assert!(stuck, "the loop never blocked on its full stderr");
-    let pid = child.id() as i32;
-    for _ in 0..3 {
-        // The kernel merges a signal sent while the same one is pending, so
-        // each goes only after the previous one was delivered. The handler
-        // runs even though the loop is blocked in write(2).
-        wait_until(LIMIT, "the previous SIGTERM to be delivered", || {
-            !is_pending(pid, libc::SIGTERM)
-        });
-        // SAFETY: kill(2) on our child.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    }
-    let status = wait_child(&mut child, LIMIT);
+        .arg(&pid_file)
+        .stderr(pipe.writer());
+    let mut echod = Unwatched::spawn_command(cmd);
+    let mut client = echod.connect();
+    // The full stderr does not stop the loop either (issue #8 item 3).
+    assert_eq!(round_trip(&mut client, b"x"), b"x");
+    assert_eq!(pipe.queued(), 4096, "the pipe is not full");
+    three_signals_before_the_loop_can_look(echod.pid());
+    let status = echod.wait_exit(LIMIT);
     assert_eq!(status.code(), Some(0), "exit status after the third signal");
-    assert!(!port_file.exists(), "the handler removes the pid file");
-    let _ = reader.as_raw_fd();
+    assert!(!pid_file.exists(), "the handler removes the pid file");
+    assert_eq!(read_to_eof(&mut client), b"", "the loop saw the signals");
 }
 
 fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {

@@ -9,7 +9,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use echod::{Command, Config, Error, Server, SignalWatcher};
-use log::info;
 
 #[path = "echod/pidfile.rs"]
 mod pidfile;
@@ -53,7 +52,13 @@ fn run() -> Result<ExitCode, Error> {
     }
     let watcher = SignalWatcher::install(config.pid_file.as_deref())?;
     let mut server = match inherited {
-        Some(sockets) => Server::from_listeners(config.clone(), sockets)?,
+        Some(sockets) => {
+            let server = Server::from_listeners(config.clone(), sockets)?;
+            for addr in server.local_addrs() {
+                info!("using inherited socket: addr={addr}");
+            }
+            server
+        }
         None => Server::bind(config.clone())?,
     };
     server.watch_signals(watcher)?;
@@ -68,20 +73,39 @@ fn run() -> Result<ExitCode, Error> {
         })?),
         None => None,
     };
+    // Whatever --log-level says: scripts wait for this line
+    // (docs/protocol.md "Command line").
     for addr in server.local_addrs() {
-        info!("listening on {addr} pid={pid}");
+        echod::logging::announce(format_args!("listening on {addr} pid={pid}"));
     }
     server.run()?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Prints `--help` or `--version`. A stdout that cannot take it
+/// (`>/dev/full`) is one line on stderr and exit 1: a script must not take
+/// an empty file for the help. A reader that went away (`| head -1`) took
+/// what it wanted: exit 0 quietly.
 fn print_and_exit(text: &str) -> ExitCode {
-    // A closed stdout (`echod --help | head -0`) is not an error worth a panic.
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    ExitCode::SUCCESS
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(err) => {
+            let reason = echod::error::os_reason(&err);
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "echod: cannot write to stdout: {reason}"
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logger(config: &Config) {
     // Only fails if a logger is already installed, which cannot happen here.
-    let _ = echod::logging::init(config.log_level);
+    let _ = echod::logging::init(config.log_level, config.log_timestamps);
 }

@@ -467,3 +467,274 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+// ------------------------------------------------ stderr the test arranges
+
+/// The address of a listening TCP socket that process `pid` holds, found
+/// in `/proc` (its descriptors, then `/proc/net/tcp` and `tcp6`), so a test
+/// whose echod has no readable stderr (a full device, a pipe nobody reads)
+/// still learns where it listens. `None` until the socket is listening.
+pub fn listening_addr_of(pid: i32) -> Option<SocketAddr> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is field 1, st is field 3 (0A = LISTEN), inode is field 9.
+            let (Some(local), Some(&"0A"), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if inodes.iter().any(|i| i == inode) {
+                return parse_proc_net_addr(local);
+            }
+        }
+    }
+    None
+}
+
+/// `0100007F:1F90` (IPv4, or 32 hex digits for IPv6) as the kernel prints
+/// it: each 32-bit word of the address in host byte order, the port in hex.
+fn parse_proc_net_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::new();
+    for word in 0..ip.len() / 8 {
+        let value = u32::from_str_radix(&ip[word * 8..word * 8 + 8], 16).ok()?;
+        bytes.extend(value.to_ne_bytes());
+    }
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok()?.into(),
+        16 => <[u8; 16]>::try_from(bytes).ok()?.into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// An echod whose stderr the test arranged itself: nobody reads it here.
+/// Readiness is its listening socket (see [`listening_addr_of`]): connects
+/// queue in the backlog until the loop runs. Killed and reaped on drop.
+pub struct Unwatched {
+    child: Child,
+    addr: SocketAddr,
+    status: Option<ExitStatus>,
+}
+
+impl Unwatched {
+    /// Spawns `cmd` (stdin and stdout null; stderr as the caller set it)
+    /// and waits until it listens. `cmd` is consumed, so the parent keeps no
+    /// copy of the child's stderr: a pipe's reader sees its end once the
+    /// child exits.
+    #[track_caller]
+    pub fn spawn_command(mut cmd: Command) -> Unwatched {
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        let child = cmd.spawn().expect("spawn echod");
+        drop(cmd);
+        let mut echod = Unwatched {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            status: None,
+        };
+        let pid = echod.pid();
+        let deadline = Instant::now() + LIMIT;
+        loop {
+            if let Some(addr) = listening_addr_of(pid) {
+                echod.addr = addr;
+                return echod;
+            }
+            if let Some(status) = echod.try_status() {
+                panic!("echod exited before listening: {status:?}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "echod did not listen within {LIMIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The child's PID.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connects to the listener.
+    #[track_caller]
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr)
+    }
+
+    /// Sends a signal to the child.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child's PID.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().ok().flatten();
+        }
+        self.status
+    }
+
+    /// Waits for the child to exit and returns its status.
+    #[track_caller]
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_status() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "echod did not exit within {limit:?}"
+            );
+            // Polling the exit status; there is no portable exit event to block on.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Unwatched {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A pipe for a child's stderr whose reader stalls: the test holds the read
+/// end and reads only when it chooses to.
+pub struct StalledPipe {
+    reader: std::fs::File,
+    writer: Option<std::os::fd::OwnedFd>,
+}
+
+impl StalledPipe {
+    /// A pipe of one page (4096 bytes), so a few dozen log lines fill it.
+    pub fn new() -> StalledPipe {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0; 2];
+        // SAFETY: pipe2(2) fills two descriptors, close-on-exec so no other
+        // test's child inherits them.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: F_SETPIPE_SZ on our own pipe; the kernel's minimum is a page.
+        let size = unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096) };
+        assert!(size > 0, "F_SETPIPE_SZ failed");
+        // SAFETY: both descriptors are new and owned by nothing else.
+        let (reader, writer) = unsafe {
+            (
+                std::fs::File::from_raw_fd(fds[0]),
+                std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            )
+        };
+        StalledPipe {
+            reader,
+            writer: Some(writer),
+        }
+    }
+
+    /// Fills the pipe to the last byte, leaving its write end blocking: the
+    /// next write to it would wait for a reader.
+    pub fn fill(&mut self) {
+        use std::os::fd::AsRawFd;
+        let fd = self
+            .writer
+            .as_ref()
+            .expect("writer not handed out")
+            .as_raw_fd();
+        // SAFETY: fcntl on our own descriptor. O_NONBLOCK is set on the
+        // description only while filling, and cleared before the child gets it.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            let chunk = [b'#'; 512];
+            // One byte at a time at the end, so no space at all is left.
+            for len in [chunk.len(), 1] {
+                while libc::write(fd, chunk.as_ptr().cast(), len) > 0 {}
+            }
+            libc::fcntl(fd, libc::F_SETFL, flags);
+        }
+    }
+
+    /// The write end, as the child's stderr; the test keeps no copy.
+    pub fn writer(&mut self) -> Stdio {
+        Stdio::from(self.writer.take().expect("writer handed out once"))
+    }
+
+    /// Bytes waiting in the pipe (`FIONREAD`).
+    pub fn queued(&self) -> usize {
+        use std::os::fd::AsRawFd;
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through a valid pointer.
+        unsafe { libc::ioctl(self.reader.as_raw_fd(), libc::FIONREAD, &mut n) };
+        n as usize
+    }
+
+    /// Starts reading: a thread forwards each line (lossy UTF-8) until the
+    /// last writer closes the pipe.
+    pub fn start_reading(self) -> Receiver<String> {
+        let (tx, rx) = channel();
+        let reader = self.reader;
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(reader);
+            let mut line = Vec::new();
+            while let Ok(n) = reader.read_until(b'\n', &mut line) {
+                if n == 0
+                    || tx
+                        .send(String::from_utf8_lossy(&line).into_owned())
+                        .is_err()
+                {
+                    break;
+                }
+                line.clear();
+            }
+        });
+        rx
+    }
+}
+
+/// Waits for a line containing `pattern` on `lines`, keeping every line
+/// received in `seen`; fails naming `what` after `limit`.
+#[track_caller]
+pub fn next_line_containing(
+    lines: &Receiver<String>,
+    seen: &mut Vec<String>,
+    pattern: &str,
+    limit: Duration,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line.contains(pattern) {
+                    return line;
+                }
+            }
+            Err(err) => panic!(
+                "no line containing {pattern:?} within {limit:?} ({err:?}); lines:\n{}",
+                seen.concat()
+            ),
+        }
+    }
+}
