@@ -55,7 +55,7 @@ fn run() -> Result<ExitCode, Error> {
         Some(sockets) => {
             let server = Server::from_listeners(config.clone(), sockets)?;
             for addr in server.local_addrs() {
-                info!("using inherited socket: addr={addr}");
+                log::info!("using inherited socket: addr={addr}");
             }
             server
         }
