@@ -219,6 +219,7 @@ impl<S: Stream> Connection<S> {
     }
 
     /// Bytes waiting to be written.
+    #[cfg(test)]
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }

@@ -65,6 +65,12 @@ const LISTENER_BASE: usize = usize::MAX - 320;
 /// connections) stay below it.
 const FIRST_FIXED: usize = usize::MAX - 1023;
 
+// The ranges of the table do not overlap (checked when compiling).
+const _: () = assert!(HEALTH_LISTENER_TOKEN.0 > HEALTH_BASE);
+const _: () = assert!(HEALTH_BASE - HEALTH_SLOTS >= UDP_BASE);
+const _: () = assert!(UDP_BASE - crate::config::MAX_UDP_SOCKETS >= LISTENER_BASE);
+const _: () = assert!(LISTENER_BASE - crate::config::MAX_LISTENERS >= FIRST_FIXED);
+
 /// Listener `index`'s token.
 fn listener_token(index: usize) -> Token {
     Token(LISTENER_BASE - index)
@@ -315,6 +321,7 @@ impl Server {
                 what: "signal handling",
                 source,
             })?;
+        watcher.set_exit_at(self.life.handler_exit_at());
         self.signals = Some(watcher);
         Ok(())
     }
@@ -669,7 +676,9 @@ impl Server {
     /// it means now (docs/protocol.md "Draining" 6, "Lame duck and health").
     fn trigger(&mut self, reason: DrainReason) {
         let now = Instant::now();
-        match self.life.signal(reason, now) {
+        let signalled = self.life.signal(reason, now);
+        self.update_handler_exit();
+        match signalled {
             Signalled::LameDuck => {
                 info!(
                     "lame duck started: reason={reason} delay={:?} connections={}; still serving, not ready",
@@ -685,6 +694,13 @@ impl Server {
                 self.close_all(DrainEnd::Forced);
             }
             Signalled::Ignored => {}
+        }
+    }
+
+    /// Tells the signal handler how many drain signals make it exit.
+    fn update_handler_exit(&self) {
+        if let Some(watcher) = &self.signals {
+            watcher.set_exit_at(self.life.handler_exit_at());
         }
     }
 
@@ -754,6 +770,7 @@ impl Server {
                 Due::Stop(DrainEnd::Deadline) => self.close_all(DrainEnd::Deadline),
                 Due::Stop(_) => {}
                 Due::BeginDrain => {
+                    self.update_handler_exit();
                     self.begin_drain(now);
                     // Asked again at once: a drain with nobody left (or a
                     // zero deadline) must not wait for the next tick.
@@ -808,7 +825,7 @@ impl Server {
             self.ctx.bytes_echoed,
             self.ctx.budget.charged(),
             self.started.elapsed().as_secs_f64(),
-            crate::logging::lines_dropped(),
+            crate::log_lines_dropped(),
             self.notifier.dropped()
         );
     }
@@ -820,7 +837,7 @@ impl Server {
             _ => (DrainReason::Handle, DrainEnd::Emptied),
         };
         self.stats.bytes_echoed = self.ctx.bytes_echoed;
-        self.stats.log_lines_dropped = crate::logging::lines_dropped() as u64;
+        self.stats.log_lines_dropped = crate::log_lines_dropped() as u64;
         let summary = Summary {
             reason,
             end,
@@ -875,13 +892,5 @@ mod tests {
         );
         assert_eq!(source(Token(FIRST_FIXED)), Source::Unknown);
         assert_eq!(source(Token(usize::MAX - 5)), Source::Unknown);
-    }
-
-    #[test]
-    fn the_ranges_do_not_overlap() {
-        assert!(HEALTH_LISTENER_TOKEN.0 > HEALTH_BASE);
-        assert!(HEALTH_BASE - HEALTH_SLOTS >= UDP_BASE);
-        assert!(UDP_BASE - crate::config::MAX_UDP_SOCKETS >= LISTENER_BASE);
-        assert!(LISTENER_BASE - crate::config::MAX_LISTENERS >= FIRST_FIXED);
     }
 }
