@@ -250,7 +250,7 @@ mod tests {
         };
         // Never read: past the queue limit every send would wait if it could.
         for _ in 0..1000 {
-            notifier.stopping();
+            notifier.send("STATUS=test\n");
         }
         assert!(notifier.dropped() > 0, "the queue never filled");
         drop(receiver);
