@@ -1,5 +1,5 @@
 //! Opt-in signal handling: the four drain signals and SIGUSR1 as ordinary
-//! events on the server's `Poll` (SPEC "Draining" 6, "Operations").
+//! events on the server's `Poll` (docs/protocol.md "Draining" 6, "Operations").
 //!
 //! [`SignalWatcher::install`] puts the handlers in place; the server
 //! registers the watcher's pipe with its `Poll` ([`crate::Server::watch_signals`])

@@ -2,7 +2,7 @@
 //!
 //! Everything here is a thin, documented wrapper around one system call, with a
 //! safe signature and an `io::Result`. It owns no state and makes no policy:
-//! callers decide what an error means (SPEC "Running": raise `RLIMIT_NOFILE`,
+//! callers decide what an error means (docs/protocol.md "Running": raise `RLIMIT_NOFILE`,
 //! classify `EMFILE`/`ENFILE`; "Draining 3": `FIONREAD` at drain start).
 //!
 //! # Notes
@@ -161,7 +161,7 @@ pub fn unblock_signals(signals: &[libc::c_int]) -> io::Result<()> {
 /// goes on; any signal sharing the counter counts), removes
 /// `unlink` (the pid file), calls `say` and `_exit(0)`s at once.
 ///
-/// This is SPEC "Draining" 6's third signal: it works even when the loop is
+/// This is docs/protocol.md "Draining" 6's third signal: it works even when the loop is
 /// stuck, because it runs in the handler. The counter also lets the loop
 /// count signals that signal-hook-mio merged into one report. `say` must be
 /// async-signal-safe and must never block (docs/protocol.md "Draining" 6:

@@ -1,4 +1,4 @@
-//! The command line as an operator meets it (SPEC "Command line"): usage
+//! The command line as an operator meets it (docs/protocol.md "Command line"): usage
 //! errors, start-up failures, `--help`/`--version`, the pid file, repeated
 //! and IPv6 listeners, log levels and the shape of log lines.
 
@@ -318,7 +318,7 @@ fn pid_file_failure_is_reported_without_announcing_readiness() {
         "exit status; stderr:\n{}",
         outcome.stderr
     );
-    // SPEC: errors are one clear line on stderr. A `listening on` line before
+    // docs/protocol.md "Command line": errors are one clear line on stderr. A `listening on` line before
     // it would tell a supervisor (and Echod::spawn) that echod is ready
     // although it is about to exit.
     assert_eq!(

@@ -1,4 +1,4 @@
-//! Echo as clients see it (SPEC "Running"): every byte back, in order,
+//! Echo as clients see it (docs/protocol.md "Running"): every byte back, in order,
 //! binary-safe, from one byte to several MiB, over many connections at once;
 //! half-close; resets do not disturb anyone else.
 

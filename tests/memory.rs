@@ -1,4 +1,4 @@
-//! The memory budget as an operator sees it (SPEC "Running", memory budget):
+//! The memory budget as an operator sees it (docs/protocol.md "Running", memory budget):
 //! RSS stays within README's formula however many clients never read, a
 //! client that reads is still served, memory goes back to the OS when the
 //! clients leave, and a limit on the address space never aborts echod.

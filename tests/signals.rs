@@ -1,4 +1,4 @@
-//! Real signals to a real echod (SPEC "Draining" 6, "Operations"): each of
+//! Real signals to a real echod (docs/protocol.md "Draining" 6, "Operations"): each of
 //! the four drains, also for a background instance started by a shell; a
 //! second forces; a third exits from the handler even with the loop stuck;
 //! SIGUSR1 reports and disturbs nothing.
