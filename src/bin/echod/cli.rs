@@ -93,6 +93,7 @@ impl From<ConfigError> for UsageError {
     fn from(err: ConfigError) -> Self {
         let flag = format!("--{}", err.field().replace('_', "-"));
         match err.value() {
+            Some("") => UsageError::empty(&flag, err.reason()),
             Some(value) => UsageError::new(&flag, value, err.reason()),
             None => UsageError::new(&flag, "", err.reason()),
         }
