@@ -9,7 +9,6 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -69,19 +68,11 @@ fn run_command_to_exit(mut cmd: Command, stdout: Stdio) -> Outcome {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err.join().unwrap_or_default();
-            panic!("{args} did not exit within {LIMIT:?}\nstderr:\n{stderr}");
-        }
-        // Polling the exit status; there is no portable exit event to block on.
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = wait_for_exit(&mut child, LIMIT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let stderr = err.join().unwrap_or_default();
+        panic!("{args} did not exit within {LIMIT:?}\nstderr:\n{stderr}");
     };
     Outcome {
         status,

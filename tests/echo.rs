@@ -156,16 +156,3 @@ fn a_peer_reset_does_not_disturb_other_connections() {
     let mut fresh = echod.connect();
     assert_eq!(round_trip(&mut fresh, b"new"), b"new");
 }
-
-#[test]
-fn the_server_runs_on_one_thread() {
-    let echod = Echod::spawn(&[]);
-    let mut clients: Vec<_> = (0..8).map(|_| echod.connect()).collect();
-    for c in &mut clients {
-        assert_eq!(round_trip(c, b"t"), b"t");
-    }
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", echod.pid()))
-        .unwrap()
-        .count();
-    assert_eq!(tasks, 1, "echod has {tasks} threads");
-}
