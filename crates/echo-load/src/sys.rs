@@ -11,6 +11,8 @@
 //! Linux is the target; only Linux is tested.
 
 use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::ptr;
 use std::time::Duration;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit.
@@ -80,4 +82,73 @@ pub fn process_cpu_time() -> (Duration, Duration) {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     (tv(usage.ru_utime), tv(usage.ru_stime))
+}
+
+/// A one-shot `timerfd` on `CLOCK_MONOTONIC` (the clock behind `Instant`),
+/// readable when it expires: a poll wake-up to the microsecond, where a
+/// poll timeout is rounded up to whole milliseconds.
+#[derive(Debug)]
+pub struct Timer {
+    fd: OwnedFd,
+}
+
+impl Timer {
+    /// A disarmed, non-blocking timer.
+    ///
+    /// # Errors
+    ///
+    /// Returns the OS error from `timerfd_create`.
+    pub fn new() -> io::Result<Timer> {
+        // SAFETY: plain system call; the flags are valid.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(Timer {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Arms the timer to expire once, `after` from now (at least 1 ns: a
+    /// zero `it_value` would disarm it). Replaces any earlier setting.
+    ///
+    /// # Errors
+    ///
+    /// Returns the OS error from `timerfd_settime`.
+    pub fn arm(&self, after: Duration) -> io::Result<()> {
+        let after = after.max(Duration::from_nanos(1));
+        // SAFETY: itimerspec is plain data; zeroed is "no interval". Fields
+        // are set one by one since some targets add padding fields.
+        let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+        // Saturates where time_t is 32 bits; no wait here is that long.
+        spec.it_value.tv_sec = libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX);
+        // Below 10^9, so it fits every target's tv_nsec type.
+        spec.it_value.tv_nsec = after.subsec_nanos() as _;
+        // SAFETY: `spec` is a valid itimerspec; a null old value is allowed.
+        let rc = unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reads the expiration count, so the descriptor is no longer readable
+    /// and the next expiration is a new edge for the poll.
+    pub fn clear(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: `count` is 8 writable bytes, the size a timerfd read needs.
+        // WouldBlock (not expired) and the like need nothing done.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
+
+    /// The descriptor, for registering with a poll.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
 }
