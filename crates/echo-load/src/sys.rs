@@ -86,7 +86,9 @@ pub fn process_cpu_time() -> (Duration, Duration) {
 
 /// A one-shot `timerfd` on `CLOCK_MONOTONIC` (the clock behind `Instant`),
 /// readable when it expires: a poll wake-up to the microsecond, where a
-/// poll timeout is rounded up to whole milliseconds.
+/// poll timeout is rounded up to whole milliseconds. Arming it again
+/// resets its expiration count, so it never needs to be read: each expiry
+/// wakes an edge-triggered poll anew.
 #[derive(Debug)]
 pub struct Timer {
     fd: OwnedFd,
@@ -138,17 +140,54 @@ impl Timer {
         Ok(())
     }
 
-    /// Reads the expiration count, so the descriptor is no longer readable
-    /// and the next expiration is a new edge for the poll.
-    pub fn clear(&self) {
-        let mut count = [0u8; 8];
-        // SAFETY: `count` is 8 writable bytes, the size a timerfd read needs.
-        // WouldBlock (not expired) and the like need nothing done.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
-    }
-
     /// The descriptor, for registering with a poll.
     pub fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+/// The inode of the socket behind `fd`, the key of its line in
+/// `/proc/net/udp`.
+///
+/// # Errors
+///
+/// Returns the OS error when `/proc/self/fd` cannot be read (no `/proc`).
+pub fn socket_inode(fd: RawFd) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(format!("/proc/self/fd/{fd}"))?.ino())
+}
+
+/// Datagrams the kernel dropped on arrival at the UDP sockets whose inodes
+/// are in `inodes` (a full receive buffer, mostly), summed from the
+/// `drops` column of `/proc/net/udp` and `/proc/net/udp6`.
+///
+/// # Errors
+///
+/// Returns the OS error when neither table can be read.
+pub fn udp_drops(inodes: &std::collections::HashSet<u64>) -> io::Result<u64> {
+    let (mut total, mut read, mut last_err) = (0, false, None);
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = match std::fs::read_to_string(table) {
+            Ok(text) => text,
+            Err(err) => {
+                last_err = Some(err);
+                continue;
+            }
+        };
+        read = true;
+        // Columns: sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops.
+        for line in text.lines().skip(1) {
+            let mut fields = line.split_whitespace().skip(9);
+            let (Some(inode), Some(drops)) = (fields.next(), fields.nth(2)) else {
+                continue;
+            };
+            if inode.parse().is_ok_and(|i: u64| inodes.contains(&i)) {
+                total += drops.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    match (read, last_err) {
+        (false, Some(err)) => Err(err),
+        _ => Ok(total),
     }
 }

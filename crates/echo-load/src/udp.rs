@@ -18,7 +18,8 @@
 //!   drops datagrams from any other source, and an ICMP port unreachable
 //!   comes back as `ECONNREFUSED` on the next send or receive.
 //! - Pacing uses a `timerfd`, since a poll timeout is rounded up to whole
-//!   milliseconds, which would show in every round trip.
+//!   milliseconds, which would show in every round trip. (A timerfd's
+//!   timer has no slack range: the thread's timer slack does not delay it.)
 //! - Nothing is allocated per datagram: one send and one receive buffer,
 //!   bitmaps reserved up front.
 
@@ -39,6 +40,10 @@ use crate::{LoadError, UdpConfig};
 
 /// The timer's token; flows use their index, which never gets this high.
 const TIMER_TOKEN: Token = Token(usize::MAX);
+
+/// How long after the timer's time the poll gives up waiting for it. It
+/// never should have to: this only bounds the harm if it did not fire.
+const TIMER_BACKSTOP: Duration = Duration::from_millis(2);
 
 /// Datagrams sent in one go before the sockets are read again, so a
 /// sender catching up after a stall does not leave replies to overflow
@@ -81,8 +86,8 @@ pub struct UdpProgress {
 ///
 /// # Notes
 ///
-/// Linux only (`timerfd`). Raises the process's soft `RLIMIT_NOFILE` to
-/// its hard limit first. Runs on the calling thread.
+/// Linux only (`timerfd`, `/proc/net/udp`). Raises the process's soft
+/// `RLIMIT_NOFILE` to its hard limit first. Runs on the calling thread.
 pub fn run_udp(config: &UdpConfig) -> Result<UdpReport, LoadError> {
     run_udp_with_progress(config, |p| {
         if config.progress {
@@ -142,6 +147,9 @@ struct Run<'a> {
     poll: Poll,
     timer: Timer,
     flows: Vec<Flow>,
+    /// When the timer is set to expire, in nanoseconds since the start;
+    /// `None` once it has expired.
+    armed_ns: Option<u64>,
     /// The datagram being sent; its length is the datagram size.
     send_buf: Box<[u8]>,
     /// Where every reply is read.
@@ -206,6 +214,7 @@ impl<'a> Run<'a> {
             poll,
             timer,
             flows,
+            armed_ns: None,
             send_buf: vec![0; config.size].into_boxed_slice(),
             recv_buf: vec![0; RECV_BUFFER].into_boxed_slice(),
             start: Instant::now(),
@@ -261,14 +270,21 @@ impl<'a> Run<'a> {
                     .flatten()
                     .min()
                     .unwrap_or(tick_ns);
-                self.timer
-                    .arm(Duration::from_nanos(wake.saturating_sub(now_ns)))?;
-                None
+                let until = Duration::from_nanos(wake.saturating_sub(now_ns));
+                // A reply woke the loop before the timer: it is still set.
+                if self.armed_ns != Some(wake) {
+                    self.timer.arm(until)?;
+                    self.armed_ns = Some(wake);
+                }
+                // The timer wakes the poll; the timeout is only a backstop.
+                Some(until.saturating_add(TIMER_BACKSTOP))
             };
             poll_events(&mut self.poll, &mut events, timeout)?;
             for event in &events {
                 match event.token() {
-                    TIMER_TOKEN => self.timer.clear(),
+                    // Nothing to read: re-arming resets the timerfd, and
+                    // each expiry is a new edge for the poll.
+                    TIMER_TOKEN => self.armed_ns = None,
                     Token(f) => self.read_flow(f),
                 }
             }
@@ -456,9 +472,27 @@ impl<'a> Run<'a> {
             .last_send
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(self.start));
         report.rtt = crate::Latency::from_histogram(&self.rtt);
+        report.local_drops = self.local_drops();
         report.cpu_user = cpu_after.0.saturating_sub(cpu_before.0);
         report.cpu_sys = cpu_after.1.saturating_sub(cpu_before.1);
         report
+    }
+}
+
+impl Run<'_> {
+    /// Replies the kernel dropped at the flows' own sockets, full because
+    /// echo-load fell behind; `None` where `/proc` cannot tell.
+    fn local_drops(&self) -> Option<u64> {
+        use std::os::fd::AsRawFd as _;
+        let inodes = self
+            .flows
+            .iter()
+            .map(|f| crate::sys::socket_inode(f.socket.as_raw_fd()))
+            .collect::<io::Result<_>>();
+        let drops = inodes.and_then(|inodes| crate::sys::udp_drops(&inodes));
+        drops
+            .inspect_err(|err| log::debug!("cannot read the UDP drop counters: {err}"))
+            .ok()
     }
 }
 

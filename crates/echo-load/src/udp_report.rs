@@ -102,6 +102,10 @@ pub struct UdpReport {
     /// Longest delay between a datagram's due time and its send: how well
     /// the sender kept to the schedule.
     pub send_lag_max: Duration,
+    /// Replies the kernel dropped at echo-load's own sockets because their
+    /// receive buffers were full (echo-load fell behind); part of `lost`,
+    /// but not the path's doing. `None` where `/proc/net/udp` cannot tell.
+    pub local_drops: Option<u64>,
     /// The largest loss fraction a clean run accepts (`--max-loss`).
     pub max_loss: f64,
     /// User CPU time echo-load used over the run.
@@ -144,6 +148,7 @@ impl UdpReport {
             send_errors: tally.send_errors,
             receive_errors: tally.receive_errors,
             send_lag_max: Duration::from_nanos(tally.send_lag_max_ns),
+            local_drops: None,
             max_loss: config.max_loss,
             cpu_user: Duration::ZERO,
             cpu_sys: Duration::ZERO,
@@ -278,6 +283,7 @@ struct JsonUdpReport {
     send_errors: u64,
     receive_errors: u64,
     send_lag_max_us: u64,
+    local_drops: Option<u64>,
     cpu_user_secs: f64,
     cpu_sys_secs: f64,
     cpu_percent: f64,
@@ -333,6 +339,7 @@ impl From<&UdpReport> for JsonUdpReport {
             send_errors: r.send_errors,
             receive_errors: r.receive_errors,
             send_lag_max_us: u64::try_from(r.send_lag_max.as_micros()).unwrap_or(u64::MAX),
+            local_drops: r.local_drops,
             cpu_user_secs: r.cpu_user.as_secs_f64(),
             cpu_sys_secs: r.cpu_sys.as_secs_f64(),
             cpu_percent: finite(r.cpu_percent()),
@@ -370,9 +377,14 @@ impl fmt::Display for UdpReport {
             "replies      {} received, {} datagrams answered",
             self.received, self.answered
         )?;
+        let local = match self.local_drops {
+            Some(0) => String::new(),
+            Some(n) => format!("; {n} of them dropped by echo-load's own receive buffers"),
+            None => "; local drops unknown".to_string(),
+        };
         writeln!(
             f,
-            "loss         {} lost ({}; accepted up to {})",
+            "loss         {} lost ({}; accepted up to {}{local})",
             self.lost(),
             percent(self.loss_fraction()),
             percent(self.max_loss)
