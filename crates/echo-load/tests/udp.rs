@@ -309,7 +309,9 @@ fn alternating_delays_show_as_jitter_near_their_difference() {
         v["jitter_us"]["max"], v["jitter_us"]["mean"],
         "one flow: {v}"
     );
-    assert_eq!(v["reordered"], 0, "{v}");
+    // No assert on reordering: a sender held up by a busy machine for more
+    // than 6 ms sends two datagrams together, and the undelayed reply of
+    // the second then overtakes the first's, which is real reordering.
     assert_reflector_received(peer, 200, &v);
 }
 
@@ -415,27 +417,33 @@ fn xinetd() -> Option<Peer> {
 #[test]
 fn xinetd_echoes_datagrams_up_to_2048_bytes() {
     let _alone = cpu_alone();
-    let Some(peer) = xinetd() else { return };
-    // Slow and one at a time: xinetd discards what queues behind a reply,
-    // which still loses about one datagram in a thousand, hence --max-loss.
-    for size in ["24", "512", "2048"] {
-        let args = [
-            "-n",
-            "200",
-            "-r",
-            "100",
-            "-s",
-            size,
-            "--max-loss",
-            "0.01",
-            "--reply-timeout",
-            "0.5",
-        ];
-        let (code, v) = udp(&args, &peer.addr);
+    // One xinetd per size, run side by side. Slow, so that a sender held
+    // up for tens of milliseconds by a busy machine still sends one
+    // datagram at a time: xinetd discards what queues behind a reply, and
+    // even one at a time loses about one in a thousand, hence --max-loss.
+    let sizes = ["24", "1024", "2048"];
+    let mut peers = Vec::new();
+    for _ in sizes {
+        let Some(peer) = xinetd() else { return };
+        peers.push(peer);
+    }
+    let runs: Vec<_> = sizes
+        .into_iter()
+        .zip(&peers)
+        .map(|(size, peer)| {
+            let addr = peer.addr.clone();
+            thread::spawn(move || {
+                let args = ["-n", "100", "-r", "20", "-s", size, "--max-loss", "0.01"];
+                (size, udp(&args, &addr))
+            })
+        })
+        .collect();
+    for run in runs {
+        let (size, (code, v)) = run.join().expect("an echo-load run");
         assert_eq!(code, Some(0), "size {size}: {v}");
         assert_eq!(v["mismatches"]["total"], 0, "size {size}: {v}");
         assert_eq!(v["duplicates"], 0, "size {size}: {v}");
-        assert!(count(&v["answered"]) >= 198, "size {size}: {v}");
+        assert!(count(&v["answered"]) >= 99, "size {size}: {v}");
     }
 }
 
@@ -505,6 +513,7 @@ fn udp_json_holds_every_documented_field_and_no_other() {
         "send_errors",
         "receive_errors",
         "send_lag_max_us",
+        "local_drops",
         "cpu_user_secs",
         "cpu_sys_secs",
         "cpu_percent",
@@ -530,6 +539,7 @@ fn udp_json_holds_every_documented_field_and_no_other() {
     }
     assert!(number(&v["elapsed_secs"]) >= 0.3, "{v}");
     assert!(v["jitter_us"]["mean"].is_f64(), "{v}");
+    assert_eq!(v["local_drops"], 0, "{v}");
 }
 
 #[test]
