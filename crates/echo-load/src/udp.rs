@@ -190,9 +190,16 @@ impl<'a> Run<'a> {
         let nonce = datagram::random_nonce();
         let count = config.flows as u64;
         let mut flows = Vec::new();
+        // The plan passed its bound but this machine cannot hold its
+        // bitmaps: still a usage error, naming what set the plan's size.
         let too_big = |_| LoadError::InvalidConfig {
-            field: "messages",
-            reason: "cannot reserve memory for the received bitmaps of this plan".to_string(),
+            field: match config.stop {
+                crate::Stop::Duration(_) => "duration",
+                crate::Stop::Messages(_) => "messages",
+            },
+            reason: format!(
+                "too large for this machine: no memory for {planned} datagrams' bitmaps"
+            ),
         };
         flows.try_reserve_exact(config.flows).map_err(too_big)?;
         for f in 0..count {
