@@ -191,3 +191,28 @@ pub fn udp_drops(inodes: &std::collections::HashSet<u64>) -> io::Result<u64> {
         _ => Ok(total),
     }
 }
+
+/// Asks for a socket receive buffer of `bytes` (`SO_RCVBUF`); the kernel
+/// caps it at `net.core.rmem_max` without an error.
+///
+/// # Errors
+///
+/// Returns the OS error from `setsockopt`.
+pub fn set_recv_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` is a valid c_int for the duration of the call, and
+    // the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

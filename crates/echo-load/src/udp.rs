@@ -25,6 +25,7 @@
 
 use std::io::{self, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -52,6 +53,10 @@ const SEND_BATCH: usize = 256;
 
 /// Replies read from one flow in one go before the others get a turn.
 const READ_BATCH: usize = 256;
+
+/// The kernel receive buffer asked for each flow's socket (capped by
+/// `net.core.rmem_max`, often 208 KiB): about 1,300 replies of 64 bytes.
+const FLOW_RECV_BUFFER: usize = 1 << 20;
 
 /// The receive buffer: larger than any datagram, so a reply longer than
 /// what was sent is seen whole and judged corrupt.
@@ -490,7 +495,6 @@ impl Run<'_> {
     /// Replies the kernel dropped at the flows' own sockets, full because
     /// echo-load fell behind; `None` where `/proc` cannot tell.
     fn local_drops(&self) -> Option<u64> {
-        use std::os::fd::AsRawFd as _;
         let inodes = self
             .flows
             .iter()
@@ -511,6 +515,11 @@ fn connect(addr: SocketAddr) -> io::Result<UdpSocket> {
     };
     let socket = UdpSocket::bind(local)?;
     socket.connect(addr)?;
+    // Room for replies while echo-load is held up (a busy machine), so its
+    // own receive buffer loses as little as it can; best effort.
+    if let Err(err) = crate::sys::set_recv_buffer(socket.as_raw_fd(), FLOW_RECV_BUFFER) {
+        log::debug!("cannot enlarge a flow's receive buffer: {err}");
+    }
     Ok(socket)
 }
 
