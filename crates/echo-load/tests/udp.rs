@@ -48,7 +48,7 @@ fn support(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// A peer process (the reflector or xinetd's runner), killed and reaped
+/// A peer process (the reflector or xinetd's runner), stopped and reaped
 /// on drop so a failed assertion leaves no orphan.
 struct Peer {
     /// `None` once stopped.
@@ -105,7 +105,7 @@ impl Peer {
                 Ok(peer)
             }
             Err(_) => {
-                let status = peer.stop_now();
+                let status = peer.terminate();
                 let err = peer.take_stderr();
                 if status.and_then(|s| s.code()) == Some(3) {
                     return Err(NotStarted::Missing(err));
@@ -128,24 +128,27 @@ impl Peer {
     /// reflector's summary line).
     #[track_caller]
     fn stop(mut self) -> String {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().to_string();
-            let _ = Command::new("kill").arg(&pid).status();
-            let (tx, rx) = mpsc::channel();
-            thread::spawn(move || tx.send(child.wait()));
-            if rx.recv_timeout(READY_LIMIT).is_err() {
-                let _ = Command::new("kill").args(["-9", &pid]).status();
-                panic!("peer {pid} did not exit after SIGTERM");
-            }
-        }
+        self.terminate();
         self.take_stderr()
     }
 
-    /// Kills the peer at once and reaps it.
-    fn stop_now(&mut self) -> Option<ExitStatus> {
+    /// Sends SIGTERM, so the xinetd runner stops xinetd too (SIGKILL would
+    /// leave xinetd running, orphaned), and reaps the peer; SIGKILL only
+    /// if it has not exited within the limit. Its exit status, once.
+    fn terminate(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = child.kill();
-        child.wait().ok()
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").arg(&pid).status();
+        let (tx, rx) = mpsc::channel();
+        let waiter = thread::spawn(move || {
+            let status = child.wait();
+            let _ = tx.send(());
+            status
+        });
+        if rx.recv_timeout(READY_LIMIT).is_err() {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+        waiter.join().ok()?.ok()
     }
 
     fn take_stderr(&mut self) -> String {
@@ -158,7 +161,7 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        self.stop_now();
+        self.terminate();
     }
 }
 
