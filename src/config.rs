@@ -63,6 +63,15 @@ pub struct Config {
     pub log_timestamps: bool,
     /// Set `SO_REUSEPORT` on the listeners so several processes share a port.
     pub reuse_port: bool,
+    /// Take-over (docs/protocol.md "Operations"): where the binary offers
+    /// this instance's listening sockets to a successor, through
+    /// [`crate::Server::offer_take_over`]; at most 107 bytes, as is the
+    /// temporary name bound beside it. `None`: no take-over is offered.
+    pub handover_socket: Option<PathBuf>,
+    /// Take-over: the binary takes the listening sockets over from the
+    /// instance offering them at this path ([`crate::take_over`]) instead
+    /// of binding `listen`. The library itself never reads it.
+    pub take_over: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -80,6 +89,8 @@ impl Default for Config {
             log_level: None,
             log_timestamps: true,
             reuse_port: false,
+            handover_socket: None,
+            take_over: None,
         }
     }
 }
@@ -126,6 +137,22 @@ impl Config {
                 &value,
                 "must be 1 to 2147483647",
             ));
+        }
+        // Take-over: paths a Unix socket address can hold.
+        let paths = [
+            ("--handover-socket", &self.handover_socket, true),
+            ("--take-over", &self.take_over, false),
+        ];
+        for (flag, path, bound) in paths {
+            let Some(path) = path else { continue };
+            if let Some(why) = crate::handover::path_problem(path, bound) {
+                let value = path.to_string_lossy();
+                return Err(if value.is_empty() {
+                    UsageError::empty(flag, &why)
+                } else {
+                    UsageError::new(flag, &value, &why)
+                });
+            }
         }
         // docs/protocol.md "Command line": a client tells a drain from a
         // crash by the notice before end-of-stream; an empty one says nothing.
@@ -208,6 +235,10 @@ Options:
                                 budget); when spent, connections that need more pause [default: 16M]
       --backlog N               listen backlog [default: 1024]
       --reuse-port              set SO_REUSEPORT so several processes share the port
+      --handover-socket PATH    offer a take-over: listen on this Unix socket (mode 0600) and
+                                hand the listening sockets to the echod that connects, then drain
+      --take-over PATH          take the listening sockets over from the echod offering them at
+                                PATH instead of binding --listen; the old one then drains
       --pid-file PATH           write the PID here after binding (atomically);
                                 removed at exit if it still holds this PID
       --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG];
@@ -295,6 +326,14 @@ where
                 config.log_timestamps = parse_on_off("--log-timestamps", &value)?;
             }
             Long("reuse-port") => config.reuse_port = true,
+            Long("handover-socket") => {
+                let value = parser.value().map_err(lexopt_error)?;
+                config.handover_socket = Some(PathBuf::from(value));
+            }
+            Long("take-over") => {
+                let value = parser.value().map_err(lexopt_error)?;
+                config.take_over = Some(PathBuf::from(value));
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(lexopt_error(arg.unexpected())),
@@ -479,6 +518,10 @@ mod tests {
             "--log-level",
             "debug",
             "--reuse-port",
+            "--handover-socket",
+            "/run/echod/handover.sock",
+            "--take-over",
+            "/run/echod/old.sock",
         ])
         .unwrap();
         assert_eq!(
@@ -497,6 +540,35 @@ mod tests {
         assert_eq!(config.pid_file, Some(PathBuf::from("/tmp/x.pid")));
         assert_eq!(config.log_level, Some(LevelFilter::Debug));
         assert!(config.reuse_port);
+        assert_eq!(
+            config.handover_socket,
+            Some(PathBuf::from("/run/echod/handover.sock"))
+        );
+        assert_eq!(config.take_over, Some(PathBuf::from("/run/echod/old.sock")));
+    }
+
+    #[test]
+    fn take_over_paths_must_fit_a_unix_socket_address() {
+        // 107 bytes is the most sun_path holds with its NUL.
+        let longest = format!("/{}", "s".repeat(106));
+        assert!(run(&["--take-over", &longest]).is_ok());
+        let too_long = format!("/{}", "s".repeat(107));
+        let err = run(&["--take-over", &too_long]).unwrap_err();
+        assert!(
+            err.starts_with("--take-over \"/sss")
+                && err.contains("is 108 bytes; a Unix socket path holds at most 107"),
+            "{err}"
+        );
+        // The handover socket is first bound at a temporary name beside it,
+        // which is longer than a short name in a long directory.
+        assert!(run(&["--handover-socket", "/run/echod/handover.sock"]).is_ok());
+        let deep = format!("/{}/h.sock", "d".repeat(70));
+        let err = run(&["--handover-socket", &deep]).unwrap_err();
+        assert!(
+            err.contains("its directory is too long") && err.contains("at most 107"),
+            "{err}"
+        );
+        assert!(run(&["--take-over", &deep]).is_ok());
     }
 
     #[test]
@@ -557,6 +629,14 @@ mod tests {
                 "--max-connections \"99999999999999999999\": is too large",
             ),
             (&["--pid-file", ""], "--pid-file \"\": must name a file"),
+            (
+                &["--take-over", ""],
+                "--take-over \"\": must name a Unix socket",
+            ),
+            (
+                &["--handover-socket", ""],
+                "--handover-socket \"\": must name a Unix socket",
+            ),
             (
                 &["--shutdown-message", ""],
                 "--shutdown-message \"\": must not be empty",

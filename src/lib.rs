@@ -15,6 +15,8 @@
 //! - `episode.rs`: when a repeatable warning is said (once per episode), pure and clock-free.
 //! - `per_ip.rs`: the `--max-connections-per-ip` table and its warning cadence (not yet wired).
 //! - `idle.rs`: the `--idle-timeout` sweep epochs and the one-second linger (not yet wired).
+//! - `handover.rs`: take-over: the wire format, the `--handover-socket` listener the
+//!   loop polls, and [`take_over`], the new instance's side; `server/handover.rs` wires it in.
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
 //! - [`notify`]: systemd readiness and status, one datagram each, never waiting.
@@ -44,9 +46,6 @@ pub mod connection;
 pub mod drain;
 mod episode;
 pub mod error;
-// Take-over (issue 13): built and unit-tested on its own first; the server
-// loop and the binary use it in the next step, until then nothing calls it.
-#[allow(dead_code, unused_imports)]
 mod handover;
 // The health listener is built and unit-tested ahead of its wiring into the
 // server (issue 11, phase 2); until then nothing calls it or uses its
@@ -77,6 +76,7 @@ mod udp;
 pub use config::{Command, Config, UsageError};
 pub use drain::{DrainEnd, DrainReason};
 pub use error::Error;
+pub use handover::{Confirmation, TAKE_OVER_TIMEOUT, TakenOver};
 pub use server::Server;
 pub use shutdown::ShutdownHandle;
 pub use signals::SignalWatcher;
@@ -97,4 +97,33 @@ pub use stats::{Stats, Summary};
 /// Process-wide, and Linux (or Unix) specific.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     sys::raise_nofile_limit()
+}
+
+/// Takes the listening sockets over from the echod offering them at `path`
+/// (its `--handover-socket`, [`Server::offer_take_over`]): connects,
+/// receives every listening socket with its description (kind, family,
+/// address) by `SCM_RIGHTS`, and checks each. Blocks for at most `timeout`.
+///
+/// Build the server from [`TakenOver::listeners`]
+/// ([`Server::from_listeners`]), then [`Confirmation::confirm`]: the
+/// running instance then drops its descriptors without disturbing the
+/// shared sockets and drains its own connections, so no connect is lost
+/// (docs/protocol.md "Operations", take-over). Until the confirmation it
+/// serves on untouched.
+///
+/// # Errors
+///
+/// [`Error::TakeOver`], one line naming the path and what went wrong: no
+/// socket there, nothing listening, another user, a peer that is not echod,
+/// a refusal, a timeout, or a socket that does not match its description.
+///
+/// # Notes
+///
+/// Linux (Unix domain sockets, `SO_PEERCRED`). Only a process running as
+/// the same user may take over. The received sockets share their open file
+/// with the old instance's: options set on one are set on both.
+pub fn take_over(path: &std::path::Path, timeout: std::time::Duration) -> Result<TakenOver, Error> {
+    handover::take_over(path, timeout)
+        .map(TakenOver::from)
+        .map_err(Error::from)
 }
