@@ -1,5 +1,6 @@
 //! The `echod` binary: inherited sockets -> argv -> Config -> logger ->
-//! signals -> bind -> pid file -> run -> exit status (SPEC "Command line").
+//! signals -> bind (or take over, then confirm) -> handover socket -> pid
+//! file -> run -> exit status (SPEC "Command line").
 //!
 //! Everything else lives in the library. Signal handlers go in before the
 //! listeners are created, so a signal that arrives during start-up is queued
@@ -13,6 +14,8 @@ use echod::{Command, Config, Error, Server, SignalWatcher};
 #[path = "echod/pidfile.rs"]
 mod pidfile;
 use pidfile::PidFile;
+#[path = "echod/takeover.rs"]
+mod takeover;
 
 fn main() -> ExitCode {
     match run() {
@@ -51,26 +54,60 @@ fn run() -> Result<ExitCode, Error> {
         ),
     }
     let watcher = SignalWatcher::install(config.pid_file.as_deref())?;
-    let mut server = match inherited {
-        Some(sockets) => {
-            let server = Server::from_listeners(config.clone(), sockets)?;
-            for addr in server.local_addrs() {
-                log::info!("using inherited socket: addr={addr}");
+    let mut server = match (&config.take_over, inherited) {
+        // docs/protocol.md "Operations", take-over: src/bin/echod/takeover.rs.
+        (Some(path), Some(_)) => {
+            return Err(Error::TakeOver {
+                path: path.clone(),
+                detail: "this process also inherited listening sockets (LISTEN_FDS); use one or the other".to_owned(),
+            });
+        }
+        (Some(path), None) => match takeover::start(path, &config, watcher)? {
+            takeover::Started::Serving(server) => server,
+            takeover::Started::Declined => return Ok(ExitCode::SUCCESS),
+        },
+        (None, inherited) => {
+            let mut server = match inherited {
+                Some(sockets) => {
+                    let server = Server::from_listeners(config.clone(), sockets)?;
+                    for addr in server.local_addrs() {
+                        log::info!("using inherited socket: addr={addr}");
+                    }
+                    server
+                }
+                None => Server::bind(config.clone())?,
+            };
+            server.watch_signals(watcher)?;
+            if let Some(path) = &config.handover_socket {
+                server.offer_take_over(path)?;
             }
             server
         }
-        None => Server::bind(config.clone())?,
     };
-    server.watch_signals(watcher)?;
     server.notify_systemd();
     let pid = std::process::id();
     // The pid file comes before the readiness lines: once a script sees
     // `listening on`, the pid file is there to signal.
     let _pid_file = match &config.pid_file {
-        Some(path) => Some(PidFile::write(path, pid).map_err(|source| Error::PidFile {
-            path: path.clone(),
-            source,
-        })?),
+        Some(path) => match PidFile::write(path, pid) {
+            Ok(file) => Some(file),
+            // After a take-over the old instance is draining: this one
+            // serves whatever happens to its pid file.
+            Err(source) if config.take_over.is_some() => {
+                let err = Error::PidFile {
+                    path: path.clone(),
+                    source,
+                };
+                log::error!("{err}; serving on without it");
+                None
+            }
+            Err(source) => {
+                return Err(Error::PidFile {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        },
         None => None,
     };
     // Whatever --log-level says: scripts wait for this line
