@@ -116,8 +116,14 @@ impl Server {
         }
     }
 
-    /// Does what an exchange step asks of the loop.
+    /// Does what an exchange step asks of the loop, then refreshes the
+    /// deadline the loop reads ([`Server::deadlines`]).
     fn apply_handover(&mut self, step: Step, now: Instant) {
+        self.apply_handover_step(step, now);
+        self.handover_deadline = self.handover.as_ref().and_then(|h| h.next_wakeup());
+    }
+
+    fn apply_handover_step(&mut self, step: Step, now: Instant) {
         let Some(handover) = self.handover.as_mut() else {
             return;
         };
@@ -194,6 +200,7 @@ impl Server {
         let Some(mut handover) = self.handover.take() else {
             return;
         };
+        self.handover_deadline = None;
         let registry = self.poll.registry();
         if let Some(conn) = handover.connection_mut() {
             let _ = registry.deregister(conn);
