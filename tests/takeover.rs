@@ -406,3 +406,112 @@ fn a_take_over_passes_the_udp_sockets_and_the_health_listener() {
     assert_still_serving(&new);
     stop(new);
 }
+
+/// The library's API, in one process: one server offers its sockets, a
+/// second takes them over, serves, confirms; the first drains its own
+/// connection and returns `DrainReason::HandedOver`.
+#[test]
+fn the_library_hands_a_running_server_over_to_a_new_one() {
+    let dir = SocketDir::new("lib");
+    let path = dir.path("h.sock");
+    let mut config = echod::Config::default();
+    config.listen = vec!["127.0.0.1:0".parse().expect("addr")];
+    config.drain_timeout = LIMIT;
+    let mut old = echod::Server::bind(config.clone()).expect("bind");
+    old.offer_take_over(&path).expect("offer take-over");
+    let addr = old.local_addrs()[0];
+    let old_loop = std::thread::spawn(move || old.run());
+    let mut held = connect(addr);
+    assert_eq!(round_trip(&mut held, b"old"), b"old");
+
+    let echod::TakenOver {
+        listeners,
+        udp,
+        health,
+        confirmation,
+    } = echod::take_over(&path, echod::TAKE_OVER_TIMEOUT).expect("take over");
+    assert!(udp.is_empty() && health.is_none());
+    let new = echod::Server::from_listeners(config, listeners).expect("serve");
+    assert_eq!(new.local_addrs(), &[addr]);
+    confirmation.confirm().expect("confirm");
+    let handle = new.shutdown_handle();
+    let new_loop = std::thread::spawn(move || new.run());
+
+    assert_eq!(read_to_eof(&mut held), b"SHUTDOWN");
+    drop(held);
+    let summary = old_loop.join().expect("old loop").expect("old run");
+    assert_eq!(summary.reason, echod::DrainReason::HandedOver);
+    assert_eq!(summary.end, echod::DrainEnd::Emptied);
+    assert_eq!(summary.stats.accepted, 1);
+
+    let mut client = connect(addr);
+    assert_eq!(round_trip(&mut client, b"new"), b"new");
+    handle.drain();
+    assert_eq!(read_to_eof(&mut client), b"SHUTDOWN");
+    drop(client);
+    let summary = new_loop.join().expect("new loop").expect("new run");
+    assert_eq!(summary.reason, echod::DrainReason::Handle);
+}
+
+#[test]
+fn a_take_over_from_a_missing_path_is_one_error_line_for_an_embedder() {
+    let dir = SocketDir::new("liberr");
+    let path = dir.path("none.sock");
+    let err = echod::take_over(&path, echod::TAKE_OVER_TIMEOUT).expect_err("no socket there");
+    assert_eq!(
+        err.to_string(),
+        format!("cannot take over from {}: no such socket", path.display())
+    );
+    assert_eq!(err.exit_code(), 1);
+}
+
+/// `contrib/takeover/restart.sh`, the shell recipe docs/operations.md
+/// gives: it returns once the new echod serves, printing its PID.
+#[test]
+fn restart_sh_replaces_a_running_echod_and_prints_the_new_pid() {
+    let dir = SocketDir::new("sh");
+    let (path, pid_file, log) = (dir.path("h.sock"), dir.path("e.pid"), dir.path("e.log"));
+    let mut old = offering(&path, &["--pid-file", text(&pid_file)]);
+    let mut held = old.connect();
+    assert_eq!(round_trip(&mut held, b"old"), b"old");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/takeover/restart.sh");
+    let restart = |socket: &Path| {
+        std::process::Command::new("sh")
+            .arg(script)
+            .args([text(socket), text(&pid_file), env!("CARGO_BIN_EXE_echod")])
+            .args(["--listen", "127.0.0.1:0", "--drain-timeout", "0.5"])
+            .env("ECHOD_LOG", &log)
+            .output()
+            .expect("run restart.sh")
+    };
+
+    let failed = restart(&dir.path("missing.sock"));
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("the running echod serves on"),
+        "{failed:?}"
+    );
+    assert_still_serving(&old);
+
+    let out = restart(&path);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let new_pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("no PID printed ({e}): {out:?}"));
+    let in_file = std::fs::read_to_string(&pid_file).expect("pid file");
+    assert_eq!(in_file.trim(), new_pid.to_string());
+    assert_eq!(read_to_eof(&mut held), b"SHUTDOWN", "{}", old.stderr());
+    drop(held);
+    assert_eq!(old.wait_exit(LIMIT).code(), Some(0), "{}", old.stderr());
+    assert_still_serving(&old);
+
+    // The new echod is not this test's child: stop it by its PID.
+    // SAFETY: kill(2) on the PID restart.sh printed.
+    assert_eq!(unsafe { libc::kill(new_pid, libc::SIGTERM) }, 0);
+    wait_until(LIMIT, "the new echod to exit", || {
+        !Path::new(&format!("/proc/{new_pid}")).exists() || process_state(new_pid) == 'Z'
+    });
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(log.contains("drain finished: reason=SIGTERM"), "{log}");
+}
