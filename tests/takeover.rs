@@ -515,3 +515,41 @@ fn restart_sh_replaces_a_running_echod_and_prints_the_new_pid() {
     let log = std::fs::read_to_string(&log).expect("log");
     assert!(log.contains("drain finished: reason=SIGTERM"), "{log}");
 }
+
+/// `SO_PEERCRED`: only a process of the same user may take over. Needs
+/// root, to run the old instance as `nobody` (skipped otherwise); root
+/// itself may connect to any socket file, so both sides' checks are
+/// reached: the new echod refuses a running instance of another user, and
+/// that instance refuses (and logs) the new one.
+#[test]
+fn a_process_of_another_user_cannot_take_over() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run echod as another user");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let dir = SocketDir::new("uid");
+    let nobody = 65534;
+    std::os::unix::fs::chown(&dir.0, Some(nobody), Some(nobody)).expect("chown");
+    let path = dir.path("h.sock");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_echod"));
+    cmd.args(["--listen", "127.0.0.1:0", "--drain-timeout", "0.5"])
+        .args(["--handover-socket", text(&path)])
+        .uid(nobody)
+        .gid(nobody);
+    let mut old = Echod::spawn_command(cmd, 1);
+    let (code, lines) = failed_take_over(&path);
+    assert_eq!(code, Some(1), "{lines:#?}");
+    assert_one_line(
+        &lines,
+        "the process listening there runs as uid 65534, not 0",
+    );
+    let line = old.wait_for_line("take-over refused", LIMIT);
+    assert!(
+        line.contains("reason=peer runs as uid 0, not as this user"),
+        "{line}"
+    );
+    assert_still_serving(&old);
+    stop(old);
+}
