@@ -4,7 +4,7 @@
 //!
 //! This module owns the wire format, the old instance's side
 //! ([`HandoverListener`], a source the loop polls like any other) and the new
-//! instance's side ([`take_over`], blocking, run before the loop starts). It
+//! instance's side ([`take_over()`], blocking, run before the loop starts). It
 //! does not own the `Poll`: like a connection, the old side's step functions
 //! return a [`Step`] that says what the loop should do, and the loop
 //! registers, deregisters and drops. It does not decide the drain either:
@@ -56,8 +56,10 @@
 //! length a peer sends is checked against these bounds before it is used.
 //!
 //! Files: `handover/listener.rs` (the old side), `handover/take_over.rs`
-//! (the new side), `handover/tests.rs` (the module's tests: the wire
-//! format, the socket file, and both sides over real sockets).
+//! (the new side, and the public [`TakenOver`] and [`Confirmation`]),
+//! `handover/tests.rs` (the module's tests: the wire format, the socket
+//! file, and both sides over real sockets). The loop's part is
+//! `server/handover.rs`; the binary's sequence, `src/bin/echod/takeover.rs`.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};

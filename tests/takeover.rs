@@ -414,9 +414,11 @@ fn a_take_over_passes_the_udp_sockets_and_the_health_listener() {
 fn the_library_hands_a_running_server_over_to_a_new_one() {
     let dir = SocketDir::new("lib");
     let path = dir.path("h.sock");
-    let mut config = echod::Config::default();
-    config.listen = vec!["127.0.0.1:0".parse().expect("addr")];
-    config.drain_timeout = LIMIT;
+    let config = echod::Config {
+        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        drain_timeout: LIMIT,
+        ..echod::Config::default()
+    };
     let mut old = echod::Server::bind(config.clone()).expect("bind");
     old.offer_take_over(&path).expect("offer take-over");
     let addr = old.local_addrs()[0];

@@ -63,7 +63,7 @@ fn run() -> Result<ExitCode, Error> {
             });
         }
         (Some(path), None) => match takeover::start(path, &config, watcher)? {
-            takeover::Started::Serving(server) => server,
+            takeover::Started::Serving(server) => *server,
             takeover::Started::Declined => return Ok(ExitCode::SUCCESS),
         },
         (None, inherited) => {

@@ -15,7 +15,7 @@ use echod::{Config, Error, Server, SignalWatcher};
 /// How a take-over start ended without an error.
 pub enum Started {
     /// This instance serves the sockets; the old one is draining.
-    Serving(Server),
+    Serving(Box<Server>),
     /// A drain signal arrived before the confirmation: the old instance was
     /// told and serves on; this one exits 0 (it was asked to stop).
     Declined,
@@ -79,7 +79,7 @@ pub fn start(path: &Path, config: &Config, watcher: SignalWatcher) -> Result<Sta
             log::error!("{err}; serving on without offering take-over");
         }
     }
-    Ok(Started::Serving(server))
+    Ok(Started::Serving(Box::new(server)))
 }
 
 /// The received listeners are served whatever `--listen` says; an operator
