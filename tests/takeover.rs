@@ -555,3 +555,43 @@ fn a_process_of_another_user_cannot_take_over() {
     assert_still_serving(&old);
     stop(old);
 }
+
+/// True once process `pid` has a handler for `sig` (`SigCgt` in /proc).
+fn catches(pid: i32, sig: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
+}
+
+/// A drain signal that reaches the new echod before it confirmed: it was
+/// asked to stop, so it declines and exits 0, and the old one serves on.
+#[test]
+fn a_drain_signal_before_the_confirmation_declines_and_the_old_instance_serves_on() {
+    let dir = SocketDir::new("declined");
+    let path = dir.path("h.sock");
+    let mut old = offering(&path, &[]);
+    // Stopped, the old echod answers nothing: the new one waits for the
+    // sockets (its connect completes in the kernel's backlog).
+    old.pause();
+    let mut new = Echod::spawn_unready(&["--take-over", text(&path)]);
+    let pid = new.pid();
+    wait_until(LIMIT, "the new echod's signal handlers", || {
+        catches(pid, libc::SIGTERM)
+    });
+    new.signal(libc::SIGTERM);
+    old.resume();
+    assert_eq!(new.wait_exit(LIMIT).code(), Some(0), "{}", new.stderr());
+    new.wait_for_line("take-over declined", LIMIT);
+    let line = old.wait_for_line("take-over refused, still serving", LIMIT);
+    assert!(
+        line.contains("reason=receiver declined: a drain signal arrived during the take-over"),
+        "{line}"
+    );
+    assert_still_serving(&old);
+    stop(old);
+}
