@@ -20,6 +20,7 @@ connects; every wait has a limit. Loopback only.
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -213,6 +214,7 @@ def run(method, args):
         current.stop()
         if holder is not None:
             holder.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     c = tally.counts
     took = time.monotonic() - started
     print(f"| {method} | {args.rounds} | {c['attempts']} | {tally.failures()} | "
