@@ -273,6 +273,12 @@ impl Acceptor {
         self.listeners.len()
     }
 
+    /// The open listeners, in `--listen` order, for the server to lend to
+    /// a take-over (docs/protocol.md "Operations").
+    pub(crate) fn listeners(&self) -> impl Iterator<Item = &Listener> {
+        self.listeners.iter()
+    }
+
     /// Each listener with its index, for the server to register.
     pub(crate) fn listeners_mut(&mut self) -> impl Iterator<Item = (usize, &mut TcpListener)> {
         self.listeners

@@ -37,6 +37,9 @@ pub enum DrainReason {
     Signal(&'static str),
     /// [`crate::ShutdownHandle::drain`] from the embedding program.
     Handle,
+    /// A new instance took the listening sockets over and serves them
+    /// (docs/protocol.md "Operations", take-over).
+    HandedOver,
 }
 
 impl fmt::Display for DrainReason {
@@ -44,6 +47,7 @@ impl fmt::Display for DrainReason {
         match self {
             DrainReason::Signal(name) => f.write_str(name),
             DrainReason::Handle => f.write_str("handle"),
+            DrainReason::HandedOver => f.write_str("take-over"),
         }
     }
 }
@@ -358,6 +362,18 @@ impl Lifecycle {
             } => Some(deadline.min(next_tick)),
             State::Running | State::Stopped { .. } => None,
         }
+    }
+
+    /// A new instance took the listening sockets over: the drain proper
+    /// begins now, with [`DrainReason::HandedOver`], from `Running` or from
+    /// the lame duck (which waits for traffic to move elsewhere, and it just
+    /// has). Returns false otherwise (already draining or stopped).
+    pub fn hand_over(&mut self, now: Instant) -> bool {
+        if !self.is_accepting() {
+            return false;
+        }
+        self.start_draining(DrainReason::HandedOver, now);
+        true
     }
 
     /// How many drain signals the signal handler should have counted when it
@@ -678,5 +694,38 @@ mod tests {
             }
             assert_eq!(seen, want, "delay {delay:?}");
         }
+    }
+
+    #[test]
+    fn a_take_over_drains_at_once_from_running_or_the_lame_duck_only() {
+        let t0 = Instant::now();
+        let mut life = Lifecycle::new(Duration::from_secs(10), SECOND);
+        assert!(life.hand_over(t0));
+        assert_eq!(
+            life.state(),
+            State::Draining {
+                reason: DrainReason::HandedOver,
+                deadline: t0 + SECOND,
+                next_tick: t0 + COUNTDOWN_INTERVAL,
+            }
+        );
+        assert!(!life.hand_over(t0), "a second take-over while draining");
+        // The next signal forces, the one after exits from the handler.
+        assert_eq!(life.handler_exit_at(), 2);
+        assert_eq!(life.signal(SIGTERM, t0 + ms(1)), Signalled::Forced);
+        assert!(!life.hand_over(t0 + ms(2)), "a take-over once stopped");
+
+        let (mut life, t0) = lame_duck(Duration::from_secs(10), SECOND);
+        let t1 = t0 + ms(300);
+        assert!(life.hand_over(t1));
+        let State::Draining {
+            reason, deadline, ..
+        } = life.state()
+        else {
+            panic!("not draining: {:?}", life.state());
+        };
+        assert_eq!((reason, deadline), (DrainReason::HandedOver, t1 + SECOND));
+        assert_eq!(life.handler_exit_at(), 3);
+        assert_eq!(DrainReason::HandedOver.to_string(), "take-over");
     }
 }

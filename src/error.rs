@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use crate::config::ConfigError;
 
@@ -39,6 +40,21 @@ pub enum Error {
     },
     /// `poll` failed with something other than `Interrupted`; the loop cannot go on.
     Poll(io::Error),
+    /// A take-over ([`crate::take_over`]) failed; the instance at the path,
+    /// if any, serves on untouched.
+    TakeOver {
+        /// The handover socket we tried to take over from.
+        path: PathBuf,
+        /// What went wrong, as one line.
+        detail: String,
+    },
+    /// The handover socket ([`crate::Server::offer_take_over`]) could not be created.
+    Handover {
+        /// The path we tried to listen on.
+        path: PathBuf,
+        /// What the OS (or the check of the path) said.
+        source: io::Error,
+    },
 }
 
 impl Error {
@@ -63,6 +79,15 @@ impl fmt::Display for Error {
                 write!(f, "cannot set up {what}: {}", os_reason(source))
             }
             Error::Poll(source) => write!(f, "event loop failed: {}", os_reason(source)),
+            Error::TakeOver { path, detail } => {
+                write!(f, "cannot take over from {}: {detail}", path.display())
+            }
+            Error::Handover { path, source } => write!(
+                f,
+                "cannot offer take-over at {}: {}",
+                path.display(),
+                os_reason(source)
+            ),
         }
     }
 }
@@ -71,10 +96,11 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Config(err) => Some(err),
-            Error::Listen { source, .. } | Error::Setup { source, .. } | Error::Poll(source) => {
-                Some(source)
-            }
-            Error::Inherit { .. } => None,
+            Error::Listen { source, .. }
+            | Error::Setup { source, .. }
+            | Error::Poll(source)
+            | Error::Handover { source, .. } => Some(source),
+            Error::Inherit { .. } | Error::TakeOver { .. } => None,
         }
     }
 }

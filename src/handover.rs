@@ -4,7 +4,7 @@
 //!
 //! This module owns the wire format, the old instance's side
 //! ([`HandoverListener`], a source the loop polls like any other) and the new
-//! instance's side ([`take_over`], blocking, run before the loop starts). It
+//! instance's side ([`take_over()`], blocking, run before the loop starts). It
 //! does not own the `Poll`: like a connection, the old side's step functions
 //! return a [`Step`] that says what the loop should do, and the loop
 //! registers, deregisters and drops. It does not decide the drain either:
@@ -56,17 +56,32 @@
 //! length a peer sends is checked against these bounds before it is used.
 //!
 //! Files: `handover/listener.rs` (the old side), `handover/take_over.rs`
-//! (the new side), `handover/tests.rs` (the module's tests: the wire
-//! format, the socket file, and both sides over real sockets).
+//! (the new side, and the public [`TakenOver`] and [`Confirmation`]),
+//! `handover/tests.rs` (the module's tests: the wire format, the socket
+//! file, and both sides over real sockets). The loop's part is
+//! `server/handover.rs`; the binary's sequence, `src/bin/echod/takeover.rs`.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::path::Path;
 
 mod listener;
 mod take_over;
 
-pub(crate) use listener::{HandoverListener, Refusal, Shared, Step};
-pub(crate) use take_over::{Confirm, Failure, Received, TakeOverError, take_over};
+pub(crate) use listener::{HandoverListener, Shared, Step, longest_temp_path};
+pub(crate) use take_over::take_over;
+pub use take_over::{Confirmation, TakenOver};
+// The module's tests name these through `super::*`.
+#[cfg(test)]
+use listener::Refusal;
+#[cfg(test)]
+use take_over::{Received, TakeOverError};
+
+/// How long each side of a take-over waits for the other: the running
+/// instance for a request, then for the confirmation; the new instance for
+/// the sockets, then for the running instance to let go ("a few seconds",
+/// docs/protocol.md "Operations").
+pub const TAKE_OVER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The first four bytes of every message.
 const MAGIC: [u8; 4] = *b"echd";
@@ -339,6 +354,33 @@ fn decode_record(bytes: &[u8; RECORD_LEN]) -> Result<Record, &'static str> {
         _ => return Err("unknown address family"),
     };
     Ok(Record { kind, addr })
+}
+
+/// The longest path a Unix socket address holds, in bytes (`sun_path`
+/// less its terminating NUL, on Linux).
+pub(crate) const MAX_PATH: usize = 107;
+
+/// Why `path` cannot name a Unix socket for a take-over, if it cannot: it
+/// is empty, or longer than [`MAX_PATH`] (`bound`: also with the temporary
+/// name a [`HandoverListener`] binds beside it first).
+pub(crate) fn path_problem(path: &Path, bound: bool) -> Option<String> {
+    let len = path.as_os_str().len();
+    if len == 0 {
+        return Some("must name a Unix socket".to_owned());
+    }
+    if len > MAX_PATH {
+        return Some(format!(
+            "is {len} bytes; a Unix socket path holds at most {MAX_PATH}"
+        ));
+    }
+    let temp = longest_temp_path(path);
+    if bound && temp > MAX_PATH {
+        return Some(format!(
+            "its directory is too long: the temporary socket bound beside it may take {temp} bytes, \
+             a Unix socket path holds at most {MAX_PATH}"
+        ));
+    }
+    None
 }
 
 /// `d` as operators write it: "5s", "0.5s".

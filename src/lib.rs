@@ -10,7 +10,8 @@
 //! [`Server::run`] on the caller's thread), [`ShutdownHandle`] to start the
 //! drain from any thread, [`SignalWatcher`] to let the four drain signals do
 //! it, and what a run returns: [`Summary`], [`Stats`], [`DrainReason`],
-//! [`DrainEnd`], or an [`Error`]. Nothing process-wide happens unless the
+//! [`DrainEnd`], or an [`Error`]; and for a take-over, [`take_over`] with
+//! what it returns ([`TakenOver`], [`Confirmation`]). Nothing process-wide happens unless the
 //! caller asks: the library reads no environment variable, raises no limit
 //! and installs no signal handler by itself ([`raise_fd_limit`],
 //! [`Server::notify_systemd`] and [`SignalWatcher::install`] are explicit).
@@ -28,9 +29,11 @@
 //! - `shutdown.rs`: [`ShutdownHandle`].
 //! - `signals.rs`: opt-in signal handling through signal-hook-mio.
 //! - `notify.rs`: systemd readiness and status, never blocking.
-//! - `health.rs`, `udp.rs`, `handover.rs`, `idle.rs`, `per_ip.rs`: the
-//!   health listener, UDP echo, take-over, the idle timeout and the
-//!   per-address limit.
+//! - `handover.rs` (and `server/handover.rs`): take-over: the wire format,
+//!   the `--handover-socket` listener the loop polls, and [`take_over`], the
+//!   new instance's side.
+//! - `health.rs`, `udp.rs`, `idle.rs`, `per_ip.rs`: the health listener, UDP
+//!   echo, the idle timeout and the per-address limit.
 //! - `sys.rs`: the only `unsafe` and libc-level code, and no policy.
 //! - `error.rs`: [`Error`] for start-up and loop-fatal failures.
 //!
@@ -61,9 +64,6 @@ mod connection;
 mod drain;
 mod episode;
 mod error;
-// Take-over (issue 13): built and unit-tested on its own first; the server
-// loop and the binary use it in the next step, until then nothing calls it.
-#[allow(dead_code, unused_imports)]
 mod handover;
 // The health listener is built and unit-tested ahead of its wiring into the
 // server (issue 11, phase 2); until then nothing calls it or uses its
@@ -100,6 +100,7 @@ mod udp;
 pub use config::{Config, ConfigError};
 pub use drain::{DrainEnd, DrainReason};
 pub use error::Error;
+pub use handover::{Confirmation, TAKE_OVER_TIMEOUT, TakenOver};
 pub use server::Server;
 pub use shutdown::ShutdownHandle;
 pub use signals::SignalWatcher;
@@ -156,4 +157,42 @@ fn log_lines_dropped() -> usize {
     {
         0
     }
+}
+
+/// Takes the listening sockets over from the echod offering them at `path`
+/// (its `--handover-socket`, [`Server::offer_take_over`]): connects,
+/// receives every listening socket with its description (kind, family,
+/// address) by `SCM_RIGHTS`, and checks each. Blocks for at most `timeout`.
+///
+/// Build the server from [`TakenOver::listeners`]
+/// ([`Server::from_listeners`]), then [`Confirmation::confirm`]: the
+/// running instance then drops its descriptors without disturbing the
+/// shared sockets and drains its own connections, so no connect is lost
+/// (docs/protocol.md "Operations", take-over). Until the confirmation it
+/// serves on untouched.
+///
+/// # Errors
+///
+/// [`Error::TakeOver`], one line naming the path and what went wrong: no
+/// socket there, nothing listening, another user, a peer that is not echod,
+/// a refusal, a timeout, or a socket that does not match its description.
+///
+/// # Notes
+///
+/// Linux (Unix domain sockets, `SO_PEERCRED`). Only a process running as
+/// the same user may take over. The received sockets share their open file
+/// with the old instance's: options set on one are set on both.
+pub fn take_over(path: &std::path::Path, timeout: std::time::Duration) -> Result<TakenOver, Error> {
+    handover::take_over(path, timeout)
+        .map(TakenOver::from)
+        .map_err(Error::from)
+}
+
+/// Why `path` cannot name a take-over's Unix socket, if it cannot: it is
+/// empty, or longer than a Unix socket address holds (107 bytes). With
+/// `offered`, the path is for [`Server::offer_take_over`], which first binds
+/// a temporary name beside it; that name must fit too. A program checks its
+/// paths with this before it starts anything.
+pub fn take_over_path_problem(path: &std::path::Path, offered: bool) -> Option<String> {
+    handover::path_problem(path, offered)
 }

@@ -113,6 +113,12 @@ impl SignalWatcher {
         &mut self.signals
     }
 
+    /// True when a drain signal arrived that [`SignalWatcher::take`] has
+    /// not reported yet: a take-over checks it before it confirms.
+    pub fn has_pending_drain(&self) -> bool {
+        self.delivered.load(Ordering::SeqCst) > self.reported
+    }
+
     /// Reads what arrived since the last call. Reads the pipe until empty.
     pub(crate) fn take(&mut self) -> Received {
         let mut received = Received::default();

@@ -232,6 +232,8 @@ fn help_lists_every_option_and_exits_0() {
         "--max-pending-total",
         "--backlog",
         "--reuse-port",
+        "--handover-socket",
+        "--take-over",
         "--pid-file",
         "--log-level",
         "--help",

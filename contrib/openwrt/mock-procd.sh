@@ -77,3 +77,4 @@ procd_close_instance() { procd_print "close_instance"; }
 procd_set_param() { procd_print "set_param" "$@"; }
 procd_append_param() { procd_print "append_param" "$@"; }
 procd_add_reload_trigger() { procd_print "add_reload_trigger" "$@"; }
+procd_send_signal() { procd_print "send_signal" "$@"; }

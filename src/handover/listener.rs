@@ -499,6 +499,27 @@ fn check_replaceable(path: &Path) -> io::Result<()> {
 /// Distinguishes the temporary names of concurrent binds in one process.
 static TEMP_SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// The start of a temporary socket name; the PID and a sequence number follow.
+const TEMP_PREFIX: &str = ".echod-handover.";
+
+/// The directory the temporary socket is bound in: `path`'s own.
+fn temp_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// The longest path, in bytes, [`HandoverListener::bind`] gives its
+/// temporary socket beside `path`: the PID and the sequence number at their
+/// widest (`u32`, `usize`). Config validation checks it against the Unix
+/// socket address limit, so a long directory is a usage error, not a
+/// failed bind.
+pub(crate) fn longest_temp_path(path: &Path) -> usize {
+    let widest = format!("{TEMP_PREFIX}{}.{}", u32::MAX, usize::MAX);
+    temp_dir(path).join(widest).as_os_str().len()
+}
+
 /// A temporary socket file, removed on drop unless [`TempName::keep`] says
 /// it was renamed into place.
 struct TempName(Option<PathBuf>);
@@ -527,12 +548,8 @@ impl Drop for TempName {
 /// listens on it (non-blocking). Returns the socket, its temporary name and
 /// the file's (device, inode), which the rename keeps.
 fn bind_temp(path: &Path) -> io::Result<(socket2::Socket, TempName, (u64, u64))> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
     let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    let temp = dir.join(format!(".echod-handover.{}.{seq}", std::process::id()));
+    let temp = temp_dir(path).join(format!("{TEMP_PREFIX}{}.{seq}", std::process::id()));
     let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
     // Linux creates the file with the socket's mode minus the umask: it is
     // born 0600 or tighter, never open to others even for an instant.

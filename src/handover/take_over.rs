@@ -496,3 +496,73 @@ fn without_flowinfo(addr: SocketAddr) -> SocketAddr {
         v4 => v4,
     }
 }
+
+/// The listening sockets a take-over received from the running instance
+/// ([`crate::take_over`]), each checked against its description, and the
+/// confirmation still owed to that instance.
+///
+/// The running instance serves on, untouched, until
+/// [`Confirmation::confirm`]: build the server from these sockets first
+/// ([`crate::Server::from_listeners`]), then confirm. Dropping this value
+/// without confirming leaves everything as it was.
+#[derive(Debug)]
+pub struct TakenOver {
+    /// The echo service's TCP listeners, non-blocking, in the running
+    /// instance's order.
+    pub listeners: Vec<TcpListener>,
+    /// Its UDP echo sockets, non-blocking (`--udp`).
+    pub udp: Vec<UdpSocket>,
+    /// Its health listener, non-blocking, if it had one (`--health`).
+    pub health: Option<TcpListener>,
+    /// The confirmation owed to the running instance.
+    pub confirmation: Confirmation,
+}
+
+impl From<Received> for TakenOver {
+    fn from(received: Received) -> Self {
+        TakenOver {
+            listeners: received.listeners.into_iter().map(|(_, l)| l).collect(),
+            udp: received.udp.into_iter().map(|(_, u)| u).collect(),
+            health: received.health.map(|(_, h)| h),
+            confirmation: Confirmation(received.confirm),
+        }
+    }
+}
+
+/// The confirmation a take-over owes the instance it took the sockets
+/// from: [`Confirmation::confirm`] once serving them, or
+/// [`Confirmation::decline`] (or a drop) to leave that instance serving.
+#[derive(Debug)]
+pub struct Confirmation(Confirm);
+
+impl Confirmation {
+    /// Tells the running instance that this one serves the sockets, then
+    /// waits, at most the take-over's timeout, for it to let go: it closes
+    /// its handover socket and begins its drain. From then on the sockets
+    /// are this instance's alone and the handover socket's path is free.
+    /// Connects that arrive meanwhile wait in the shared accept queue.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::TakeOver`] when the running instance refused (its
+    /// own deadline passed first, so it serves on and this instance must
+    /// not), answered something else, or neither let go nor refused in time.
+    pub fn confirm(self) -> Result<(), crate::Error> {
+        self.0.confirm().map_err(crate::Error::from)
+    }
+
+    /// Tells the running instance that this one will not serve, and why
+    /// (one line, which it logs); it serves on untouched. Best effort.
+    pub fn decline(self, reason: &str) {
+        self.0.decline(reason);
+    }
+}
+
+impl From<TakeOverError> for crate::Error {
+    fn from(err: TakeOverError) -> Self {
+        crate::Error::TakeOver {
+            path: err.path,
+            detail: err.failure.to_string(),
+        }
+    }
+}

@@ -47,6 +47,18 @@ impl Echod {
         )
     }
 
+    /// Like [`Echod::spawn`], but waits for no readiness line: for a start
+    /// that is expected to fail (then [`Echod::wait_exit`] and `seen`).
+    #[track_caller]
+    pub fn spawn_unready(args: &[&str]) -> Echod {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_echod"));
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(["--drain-timeout", "0.5"]).args(args);
+        Echod::spawn_command(cmd, 0)
+    }
+
     /// Spawns a prepared command (stderr is captured here) and waits for
     /// `listeners` readiness lines.
     #[track_caller]
@@ -744,5 +756,145 @@ pub fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
         }
         // Polling the exit status; there is no portable exit event to block on.
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ------------------------------------------------------------ connect loop
+
+/// What the attempts of a [`ConnectLoop`] saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    /// Connects attempted.
+    pub attempts: u64,
+    /// The byte came back.
+    pub echoed: u64,
+    /// An instance accepted it during its drain: the notice came (not a failure).
+    pub drained: u64,
+    /// The connect was refused.
+    pub refused: u64,
+    /// A reset or broken pipe, at any step.
+    pub reset: u64,
+    /// End-of-stream with neither echo nor notice.
+    pub eof: u64,
+    /// No answer within 5 s.
+    pub timeout: u64,
+    /// Anything else (wrong bytes, other errors).
+    pub other: u64,
+}
+
+impl Tally {
+    /// Attempts that got neither their echo nor the notice.
+    pub fn failures(&self) -> u64 {
+        self.refused + self.reset + self.eof + self.timeout + self.other
+    }
+
+    fn add(&mut self, o: &Tally) {
+        self.attempts += o.attempts;
+        self.echoed += o.echoed;
+        self.drained += o.drained;
+        self.refused += o.refused;
+        self.reset += o.reset;
+        self.eof += o.eof;
+        self.timeout += o.timeout;
+        self.other += o.other;
+    }
+
+    fn count_error(&mut self, err: &std::io::Error) {
+        match err.kind() {
+            ErrorKind::ConnectionRefused => self.refused += 1,
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted => {
+                self.reset += 1
+            }
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => self.timeout += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    /// One attempt: connect, send one byte, read the echo or the notice, close.
+    pub fn attempt(&mut self, addr: SocketAddr) {
+        self.attempts += 1;
+        let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => s,
+            Err(e) => return self.count_error(&e),
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = stream.set_nodelay(true);
+        if let Err(e) = stream.write_all(b"x") {
+            return self.count_error(&e);
+        }
+        let mut buf = [0; 16];
+        match stream.read(&mut buf) {
+            Ok(0) => self.eof += 1,
+            // The echo and the notice may come in one read.
+            Ok(n) if buf[..n].starts_with(b"S") || buf[..n].ends_with(b"SHUTDOWN") => {
+                self.drained += 1
+            }
+            Ok(_) if buf[0] == b'x' => self.echoed += 1,
+            Ok(_) => self.other += 1,
+            Err(e) => self.count_error(&e),
+        }
+    }
+}
+
+/// Client threads that each connect, send a byte, read the answer and
+/// close, in a loop, until stopped (or a bound is reached).
+pub struct ConnectLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    attempts: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<Tally>>,
+}
+
+impl ConnectLoop {
+    /// Starts `threads` client threads on `addr`, each bounded to
+    /// `max_attempts` attempts and to ten times [`LIMIT`].
+    pub fn start(addr: SocketAddr, threads: usize, max_attempts: u64) -> ConnectLoop {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, attempts) = (stop.clone(), attempts.clone());
+                std::thread::spawn(move || {
+                    let mut tally = Tally::default();
+                    let started = Instant::now();
+                    while !stop.load(Ordering::Relaxed)
+                        && tally.attempts < max_attempts
+                        && started.elapsed() < LIMIT * 10
+                    {
+                        tally.attempt(addr);
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tally
+                })
+            })
+            .collect();
+        ConnectLoop {
+            stop,
+            attempts,
+            threads,
+        }
+    }
+
+    /// Attempts made so far, by every thread.
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the threads made `n` attempts in all.
+    #[track_caller]
+    pub fn wait_for_attempts(&self, n: u64) {
+        wait_until(LIMIT, &format!("{n} connect attempts"), || {
+            self.attempts() >= n
+        });
+    }
+
+    /// Stops the threads and adds up what they saw.
+    pub fn stop(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = Tally::default();
+        for thread in self.threads {
+            total.add(&thread.join().expect("client thread"));
+        }
+        total
     }
 }

@@ -26,6 +26,12 @@ pub struct Options {
     pub log_level: Option<LevelFilter>,
     /// Log lines begin with the UTC time (`--log-timestamps on`, the default).
     pub log_timestamps: bool,
+    /// Take-over (docs/protocol.md "Operations"): offer this instance's
+    /// listening sockets to a successor at this Unix socket path.
+    pub handover_socket: Option<PathBuf>,
+    /// Take-over: take the listening sockets over from the instance
+    /// offering them at this path instead of binding `--listen`.
+    pub take_over: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -35,6 +41,8 @@ impl Default for Options {
             pid_file: None,
             log_level: None,
             log_timestamps: true,
+            handover_socket: None,
+            take_over: None,
         }
     }
 }
@@ -121,6 +129,10 @@ Options:
                                 budget); when spent, connections that need more pause [default: 16M]
       --backlog N               listen backlog [default: 1024]
       --reuse-port              set SO_REUSEPORT so several processes share the port
+      --handover-socket PATH    offer a take-over: listen on this Unix socket (mode 0600) and
+                                hand the listening sockets to the echod that connects, then drain
+      --take-over PATH          take the listening sockets over from the echod offering them at
+                                PATH instead of binding --listen; the old one then drains
       --pid-file PATH           write the PID here after binding (atomically);
                                 removed at exit if it still holds this PID
       --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG];
@@ -209,6 +221,16 @@ where
                 options.log_timestamps = parse_on_off("--log-timestamps", &value)?;
             }
             Long("reuse-port") => config.reuse_port = true,
+            Long("handover-socket") => {
+                let value = PathBuf::from(parser.value().map_err(lexopt_error)?);
+                check_socket_path("--handover-socket", &value, true)?;
+                options.handover_socket = Some(value);
+            }
+            Long("take-over") => {
+                let value = PathBuf::from(parser.value().map_err(lexopt_error)?);
+                check_socket_path("--take-over", &value, false)?;
+                options.take_over = Some(value);
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(lexopt_error(arg.unexpected())),
@@ -219,6 +241,16 @@ where
     }
     config.validate()?;
     Ok(Command::Run(Box::new(options)))
+}
+
+/// A take-over path a Unix socket address can hold (`offered`: also with
+/// the temporary name bound beside it).
+fn check_socket_path(flag: &str, path: &std::path::Path, offered: bool) -> Result<(), UsageError> {
+    match echod::take_over_path_problem(path, offered) {
+        None => Ok(()),
+        Some(why) if path.as_os_str().is_empty() => Err(UsageError::empty(flag, &why)),
+        Some(why) => Err(UsageError::new(flag, &path.to_string_lossy(), &why)),
+    }
 }
 
 fn lexopt_error(err: lexopt::Error) -> UsageError {
@@ -397,6 +429,10 @@ mod tests {
             "--log-level",
             "debug",
             "--reuse-port",
+            "--handover-socket",
+            "/run/echod/handover.sock",
+            "--take-over",
+            "/run/echod/old.sock",
         ])
         .unwrap();
         let config = &options.config;
@@ -416,6 +452,38 @@ mod tests {
         assert_eq!(options.pid_file, Some(PathBuf::from("/tmp/x.pid")));
         assert_eq!(options.log_level, Some(LevelFilter::Debug));
         assert!(config.reuse_port);
+        assert_eq!(
+            options.handover_socket,
+            Some(PathBuf::from("/run/echod/handover.sock"))
+        );
+        assert_eq!(
+            options.take_over,
+            Some(PathBuf::from("/run/echod/old.sock"))
+        );
+    }
+
+    #[test]
+    fn take_over_paths_must_fit_a_unix_socket_address() {
+        // 107 bytes is the most sun_path holds with its NUL.
+        let longest = format!("/{}", "s".repeat(106));
+        assert!(run(&["--take-over", &longest]).is_ok());
+        let too_long = format!("/{}", "s".repeat(107));
+        let err = run(&["--take-over", &too_long]).unwrap_err();
+        assert!(
+            err.starts_with("--take-over \"/sss")
+                && err.contains("is 108 bytes; a Unix socket path holds at most 107"),
+            "{err}"
+        );
+        // The handover socket is first bound at a temporary name beside it,
+        // which is longer than a short name in a long directory.
+        assert!(run(&["--handover-socket", "/run/echod/handover.sock"]).is_ok());
+        let deep = format!("/{}/h.sock", "d".repeat(70));
+        let err = run(&["--handover-socket", &deep]).unwrap_err();
+        assert!(
+            err.contains("its directory is too long") && err.contains("at most 107"),
+            "{err}"
+        );
+        assert!(run(&["--take-over", &deep]).is_ok());
     }
 
     #[test]
@@ -476,6 +544,14 @@ mod tests {
                 "--max-connections \"99999999999999999999\": is too large",
             ),
             (&["--pid-file", ""], "--pid-file \"\": must name a file"),
+            (
+                &["--take-over", ""],
+                "--take-over \"\": must name a Unix socket",
+            ),
+            (
+                &["--handover-socket", ""],
+                "--handover-socket \"\": must name a Unix socket",
+            ),
             (
                 &["--shutdown-message", ""],
                 "--shutdown-message \"\": must not be empty",

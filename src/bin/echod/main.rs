@@ -1,6 +1,7 @@
 //! The `echod` binary: inherited sockets -> argv -> options -> logger ->
-//! signals -> bind -> pid file -> readiness line -> run -> exit status
-//! (docs/protocol.md "Command line").
+//! signals -> bind (or take over, then confirm) -> handover socket -> pid
+//! file -> readiness line -> run -> exit status (docs/protocol.md "Command
+//! line", "Operations").
 //!
 //! Everything else lives in the library. Signal handlers go in before the
 //! listeners are created, so a signal that arrives during start-up is queued
@@ -8,6 +9,7 @@
 
 mod cli;
 mod pidfile;
+mod takeover;
 
 use std::fmt;
 use std::io::Write;
@@ -56,29 +58,62 @@ fn run() -> Result<ExitCode, Failure> {
         ),
     }
     let watcher = SignalWatcher::install(options.pid_file.as_deref())?;
-    let config = options.config;
-    let mut server = match inherited {
-        Some(sockets) => {
-            let server = Server::from_listeners(config, sockets)?;
-            for addr in server.local_addrs() {
-                log::info!("using inherited socket: addr={addr}");
+    let mut server = match (&options.take_over, inherited) {
+        (Some(path), Some(_)) => {
+            return Err(Failure::Server(echod::Error::TakeOver {
+                path: path.clone(),
+                detail: "this process also inherited listening sockets (LISTEN_FDS); use one or the other".to_owned(),
+            }));
+        }
+        // docs/protocol.md "Operations", take-over: takeover.rs.
+        (Some(path), None) => match takeover::start(path, &options, watcher)? {
+            takeover::Started::Serving(server) => *server,
+            takeover::Started::Declined => return Ok(ExitCode::SUCCESS),
+        },
+        (None, inherited) => {
+            let mut server = match inherited {
+                Some(sockets) => {
+                    let server = Server::from_listeners(options.config.clone(), sockets)?;
+                    for addr in server.local_addrs() {
+                        log::info!("using inherited socket: addr={addr}");
+                    }
+                    server
+                }
+                None => Server::bind(options.config.clone())?,
+            };
+            server.watch_signals(watcher)?;
+            // Offered before the readiness line: a script that has seen
+            // `listening on` may start the next take-over at once.
+            if let Some(path) = &options.handover_socket {
+                server.offer_take_over(path)?;
             }
             server
         }
-        None => Server::bind(config)?,
     };
-    server.watch_signals(watcher)?;
     server.notify_systemd();
     let pid = std::process::id();
     // The pid file comes before the readiness lines: once a script sees
     // `listening on`, the pid file is there to signal.
     let _pid_file = match &options.pid_file {
-        Some(path) => Some(
-            PidFile::write(path, pid).map_err(|source| Failure::PidFile {
-                path: path.clone(),
-                source,
-            })?,
-        ),
+        Some(path) => match PidFile::write(path, pid) {
+            Ok(file) => Some(file),
+            // After a take-over the old instance is draining: this one
+            // serves whatever happens to its pid file.
+            Err(source) if options.take_over.is_some() => {
+                let err = Failure::PidFile {
+                    path: path.clone(),
+                    source,
+                };
+                log::error!("{err}; serving on without it");
+                None
+            }
+            Err(source) => {
+                return Err(Failure::PidFile {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        },
         None => None,
     };
     // Whatever --log-level says: scripts wait for this line
