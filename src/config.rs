@@ -63,6 +63,10 @@ pub struct Config {
     pub log_timestamps: bool,
     /// Set `SO_REUSEPORT` on the listeners so several processes share a port.
     pub reuse_port: bool,
+    /// Where the health listener (`/livez`, `/readyz`, `/metrics`) listens;
+    /// `None` (the default) for no health listener. Its connections are never
+    /// clients (docs/protocol.md "Lame duck and health").
+    pub health: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -80,6 +84,7 @@ impl Default for Config {
             log_level: None,
             log_timestamps: true,
             reuse_port: false,
+            health: None,
         }
     }
 }
@@ -126,6 +131,17 @@ impl Config {
                 &value,
                 "must be 1 to 2147483647",
             ));
+        }
+        // The health listener beside an echo listener on one port would be
+        // refused by bind(2) anyway; saying which flag clashes is clearer.
+        if let Some(health) = self.health.filter(|addr| addr.port() != 0) {
+            if self.listen.contains(&health) {
+                return Err(UsageError::new(
+                    "--health",
+                    &health.to_string(),
+                    "is also a --listen address",
+                ));
+            }
         }
         // docs/protocol.md "Command line": a client tells a drain from a
         // crash by the notice before end-of-stream; an empty one says nothing.
@@ -213,6 +229,9 @@ Options:
       --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG];
                                 the 'listening on' line is printed at any level
       --log-timestamps on|off   begin log lines with the UTC time [default: on]
+      --health ADDR             serve GET /livez, /readyz (503 from the first drain signal on)
+                                and /metrics (Prometheus) over HTTP on ADDR [default: off];
+                                its connections are never counted as clients
   -h, --help                    print this help
   -V, --version                 print the version
 
@@ -295,6 +314,10 @@ where
                 config.log_timestamps = parse_on_off("--log-timestamps", &value)?;
             }
             Long("reuse-port") => config.reuse_port = true,
+            Long("health") => {
+                let value = string_value(&mut parser, "--health")?;
+                config.health = Some(parse_health(&value)?);
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(lexopt_error(arg.unexpected())),
@@ -347,6 +370,23 @@ fn parse_listen(value: &str) -> Result<Vec<SocketAddr>, UsageError> {
             "expected IP:PORT or HOST:PORT that resolves",
         )),
     }
+}
+
+/// Parses `--health`'s one address: `IP:PORT`, `[IPv6]:PORT`, or
+/// `HOST:PORT` resolved now (its first address).
+fn parse_health(value: &str) -> Result<SocketAddr, UsageError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = || UsageError::new("--health", value, "expected IP:PORT, e.g. 0.0.0.0:9990");
+    if !value.contains(':') {
+        return Err(expected());
+    }
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(expected)
 }
 
 fn parse_seconds(flag: &str, value: &str) -> Result<Duration, UsageError> {
@@ -636,6 +676,34 @@ mod tests {
             err,
             "--log-timestamps \"yes\": expected on or off (see --help)"
         );
+    }
+
+    #[test]
+    fn health_takes_one_address_not_shared_with_listen() {
+        assert_eq!(run(&[]).unwrap().health, None);
+        let config = run(&["--health", "127.0.0.1:9990"]).unwrap();
+        assert_eq!(config.health, Some("127.0.0.1:9990".parse().unwrap()));
+        let config = run(&["--health=[::1]:0"]).unwrap();
+        assert_eq!(config.health, Some("[::1]:0".parse().unwrap()));
+        for (args, expected) in [
+            (
+                &["--health", "9990"][..],
+                "--health \"9990\": expected IP:PORT",
+            ),
+            (
+                &["--health", "127.0.0.1:99999"][..],
+                "--health \"127.0.0.1:99999\": expected IP:PORT",
+            ),
+            (
+                &["--listen", "127.0.0.1:9999", "--health", "127.0.0.1:9999"][..],
+                "--health \"127.0.0.1:9999\": is also a --listen address",
+            ),
+        ] {
+            let err = run(args).unwrap_err();
+            assert!(err.contains(expected), "{args:?}: {err:?}");
+        }
+        // Port 0 twice is two different ports.
+        assert!(run(&["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0"]).is_ok());
     }
 
     #[test]

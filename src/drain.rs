@@ -135,10 +135,12 @@ pub enum Due {
     Stop(DrainEnd),
 }
 
-/// What `/readyz`, `echod_state` and `STATUS=` report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `/readyz`, `echod_state` and `STATUS=` report; the health
+/// listener's `/readyz` and `/metrics` read it from [`Lifecycle::serve_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ServeState {
     /// Serving and ready: `/readyz` 200, `echod_state` 0.
+    #[default]
     Serving,
     /// Serving but not ready: `/readyz` 503, `echod_state` 1.
     LameDuck,

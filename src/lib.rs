@@ -15,6 +15,7 @@
 //! - `episode.rs`: when a repeatable warning is said (once per episode), pure and clock-free.
 //! - `per_ip.rs`: the `--max-connections-per-ip` table and its warning cadence (not yet wired).
 //! - `idle.rs`: the `--idle-timeout` sweep epochs and the one-second linger (not yet wired).
+//! - `health.rs`: the `--health` listener: `/livez`, `/readyz`, `/metrics` on the same `Poll`.
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
 //! - [`notify`]: systemd readiness and status, one datagram each, never waiting.
@@ -48,10 +49,6 @@ pub mod error;
 // loop and the binary use it in the next step, until then nothing calls it.
 #[allow(dead_code, unused_imports)]
 mod handover;
-// The health listener is built and unit-tested ahead of its wiring into the
-// server (issue 11, phase 2); until then nothing calls it or uses its
-// re-exports.
-#[allow(dead_code, unused_imports)]
 mod health;
 pub mod logging;
 pub mod memory;

@@ -17,7 +17,8 @@ use mio::Interest;
 use mio::net::TcpStream;
 
 use super::REQUEST_LIMIT;
-use super::metrics::{self, MetricsSnapshot, ProcessStats, ServeState};
+use super::metrics::{self, MetricsSnapshot, ProcessStats};
+use crate::drain::ServeState;
 use crate::connection::Stream;
 
 /// Headers a request may have; more is a bad request.
