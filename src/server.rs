@@ -990,9 +990,12 @@ mod tests {
 
     #[test]
     fn the_ranges_do_not_overlap() {
-        assert!(HEALTH_LISTENER_TOKEN.0 > HEALTH_BASE);
-        assert!(HEALTH_BASE - HEALTH_SLOTS >= UDP_BASE);
-        assert!(UDP_BASE - crate::config::MAX_UDP_SOCKETS >= LISTENER_BASE);
-        assert!(LISTENER_BASE - crate::config::MAX_LISTENERS >= FIRST_FIXED);
+        // Checked at compile time; the test names the property.
+        const {
+            assert!(HEALTH_LISTENER_TOKEN.0 > HEALTH_BASE);
+            assert!(HEALTH_BASE - HEALTH_SLOTS >= UDP_BASE);
+            assert!(UDP_BASE - crate::config::MAX_UDP_SOCKETS >= LISTENER_BASE);
+            assert!(LISTENER_BASE - crate::config::MAX_LISTENERS >= FIRST_FIXED);
+        }
     }
 }
