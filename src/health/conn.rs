@@ -18,8 +18,8 @@ use mio::net::TcpStream;
 
 use super::REQUEST_LIMIT;
 use super::metrics::{self, MetricsSnapshot, ProcessStats};
-use crate::drain::ServeState;
 use crate::connection::Stream;
+use crate::drain::ServeState;
 
 /// Headers a request may have; more is a bad request.
 const MAX_HEADERS: usize = 64;
