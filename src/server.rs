@@ -989,6 +989,24 @@ mod tests {
     }
 
     #[test]
+    fn the_health_listener_is_bound_with_the_server_or_named_when_it_cannot_be() {
+        let mut config = Config::default();
+        config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        assert_eq!(Server::bind(config.clone()).unwrap().health_addr(), None);
+        config.health = Some("127.0.0.1:0".parse().unwrap());
+        let server = Server::bind(config.clone()).unwrap();
+        let addr = server.health_addr().expect("a health address");
+        assert_ne!(addr.port(), 0);
+        assert_eq!(server.deadlines(), [None; 4], "nothing to wake for yet");
+        config.health = Some(addr);
+        let err = Server::bind(config).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("cannot listen on {addr} (health): address in use")
+        );
+    }
+
+    #[test]
     fn the_ranges_do_not_overlap() {
         // Checked at compile time; the test names the property.
         const {
