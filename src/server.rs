@@ -990,8 +990,10 @@ mod tests {
 
     #[test]
     fn the_health_listener_is_bound_with_the_server_or_named_when_it_cannot_be() {
-        let mut config = Config::default();
-        config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        let mut config = Config {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Config::default()
+        };
         assert_eq!(Server::bind(config.clone()).unwrap().health_addr(), None);
         config.health = Some("127.0.0.1:0".parse().unwrap());
         let server = Server::bind(config.clone()).unwrap();
