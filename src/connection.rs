@@ -1,5 +1,5 @@
 //! `Connection`: one client socket, its unsent echo bytes and its phase, and
-//! the read/write/notice steps that move it (SPEC "Running" and "Draining" 3).
+//! the read/write/notice steps that move it (docs/protocol.md "Running" and "Draining" 3).
 //!
 //! A connection never touches the `Poll`: each step returns a [`Step`] that
 //! says which readiness it waits for next, or that it is finished. The server
@@ -219,6 +219,7 @@ impl<S: Stream> Connection<S> {
     }
 
     /// Bytes waiting to be written.
+    #[cfg(test)]
     pub fn pending_len(&self) -> usize {
         self.pending.len()
     }
@@ -290,7 +291,7 @@ impl<S: Stream> Connection<S> {
             return Some(Step::Close(Closed::Failed(err.kind())));
         }
         if n < want {
-            // SPEC Running: a short read means the receive buffer is empty.
+            // docs/protocol.md "Running": a short read means the receive buffer is empty.
             let interest = if self.pending.is_empty() {
                 Interest::READABLE
             } else {
@@ -305,7 +306,7 @@ impl<S: Stream> Connection<S> {
         None
     }
 
-    /// Starts this connection's drain (SPEC "Draining" 3): the bytes in the
+    /// Starts this connection's drain (docs/protocol.md "Draining" 3): the bytes in the
     /// receive buffer right now are owed an echo, then the notice follows.
     pub fn begin_drain(&mut self, ctx: &mut Ctx) -> Step {
         let owed = if self.input == Input::Closed {
@@ -359,7 +360,7 @@ impl<S: Stream> Connection<S> {
                 if !self.pending.make_room(&mut ctx.budget, ctx.notice.len()) {
                     return Ok(Resume::WhenBudget);
                 }
-                // SPEC Draining 3: the echo of what arrived before the drain, then the notice.
+                // docs/protocol.md "Draining" 3: the echo of what arrived before the drain, then the notice.
                 self.send(&mut ctx.budget, &ctx.notice)?;
                 if self.pending.is_empty() {
                     // Room reserved for nothing: the kernel took it all.
@@ -370,7 +371,7 @@ impl<S: Stream> Connection<S> {
             }
         }
         if self.phase == Phase::Noticing && self.pending.is_empty() {
-            // SPEC Draining 3: notice, then FIN; from then on read and discard.
+            // docs/protocol.md "Draining" 3: notice, then FIN; from then on read and discard.
             self.stream.shutdown_write()?;
             self.phase = Phase::Lingering;
             if self.input != Input::Closed {
@@ -394,7 +395,7 @@ impl<S: Stream> Connection<S> {
                 _ => usize::MAX,
             };
             if room == 0 {
-                // SPEC Running: backpressure; TCP flow control slows the peer.
+                // docs/protocol.md "Running": backpressure; TCP flow control slows the peer.
                 // Its own writable event resumes it.
                 self.read_paused = true;
                 return Ok(Resume::OnEvent);
@@ -521,7 +522,7 @@ impl<S: Stream> Connection<S> {
         let interest = match self.phase {
             Phase::Echoing if self.input == Input::Closed => {
                 if self.pending.is_empty() {
-                    // SPEC Running: a half-closed peer got all its echo; close.
+                    // docs/protocol.md "Running": a half-closed peer got all its echo; close.
                     return Step::Close(Closed::PeerDone);
                 }
                 Interest::WRITABLE

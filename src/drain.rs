@@ -209,6 +209,7 @@ impl Lifecycle {
     }
 
     /// True before any drain trigger (not in the lame duck).
+    #[cfg(test)]
     pub fn is_running(&self) -> bool {
         matches!(self.state, State::Running)
     }
@@ -275,36 +276,6 @@ impl Lifecycle {
                 Signalled::Forced
             }
             State::Stopped { .. } => Signalled::Ignored,
-        }
-    }
-
-    /// Starts the drain proper now if the server is running, skipping any
-    /// lame duck; returns false otherwise. The loop's call until
-    /// `--drain-delay` is wired; [`Lifecycle::signal`] replaces it.
-    pub fn begin_drain(&mut self, reason: DrainReason, now: Instant) -> bool {
-        if !self.is_running() {
-            return false;
-        }
-        if matches!(reason, DrainReason::Signal(_)) {
-            self.signals = self.signals.saturating_add(1);
-        }
-        self.start_draining(reason, now);
-        true
-    }
-
-    /// Stops now with [`DrainEnd::Forced`]. Returns false unless draining.
-    /// The loop's call until `--drain-delay` is wired; [`Lifecycle::signal`]
-    /// replaces it.
-    pub fn force(&mut self) -> bool {
-        match self.state {
-            State::Draining { reason, .. } => {
-                self.state = State::Stopped {
-                    reason,
-                    end: DrainEnd::Forced,
-                };
-                true
-            }
-            _ => false,
         }
     }
 
@@ -462,25 +433,6 @@ mod tests {
                 next_tick: t0 + SECOND,
             }
         );
-    }
-
-    #[test]
-    fn a_drain_begins_once() {
-        let (mut life, t0) = draining(Duration::from_secs(5));
-        assert!(!life.begin_drain(DrainReason::Handle, t0));
-        let State::Draining { reason, .. } = life.state() else {
-            panic!("not draining: {:?}", life.state());
-        };
-        assert_eq!(reason, SIGTERM);
-    }
-
-    #[test]
-    fn begin_drain_skips_the_lame_duck() {
-        let t0 = Instant::now();
-        let mut life = Lifecycle::new(Duration::from_secs(10), SECOND);
-        assert!(life.begin_drain(DrainReason::Handle, t0));
-        assert!(life.is_draining());
-        assert_eq!(life.next_wakeup(), Some(t0 + SECOND));
     }
 
     #[test]
@@ -666,24 +618,6 @@ mod tests {
                 end: DrainEnd::Forced
             }
         );
-    }
-
-    #[test]
-    fn force_only_while_draining() {
-        let mut life = Lifecycle::new(Duration::ZERO, SECOND);
-        assert!(!life.force());
-        let (mut life, _) = lame_duck(SECOND, SECOND);
-        assert!(!life.force());
-        let (mut life, _) = draining(Duration::from_secs(5));
-        assert!(life.force());
-        assert_eq!(
-            life.state(),
-            State::Stopped {
-                reason: SIGTERM,
-                end: DrainEnd::Forced
-            }
-        );
-        assert!(!life.force());
     }
 
     #[test]

@@ -8,15 +8,16 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
-use crate::config::UsageError;
+use crate::config::ConfigError;
 
 /// A failure that stops echod, with the action, the target and the OS reason.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
-    /// The command line was wrong; exit 2.
-    Usage(UsageError),
+    /// A [`crate::Config`] setting is out of range; for a program with a
+    /// command line, a usage error (exit 2).
+    Config(ConfigError),
     /// A listener could not be created, bound or put into listening state.
     Listen {
         /// The address we tried to listen on.
@@ -39,13 +40,6 @@ pub enum Error {
         /// What was wrong with them.
         detail: String,
     },
-    /// The pid file could not be written.
-    PidFile {
-        /// The path from `--pid-file`.
-        path: PathBuf,
-        /// What the OS said.
-        source: io::Error,
-    },
     /// Setting up the event loop failed (`epoll`, waker, signal pipe).
     Setup {
         /// What we were setting up.
@@ -61,7 +55,7 @@ impl Error {
     /// The process exit status for this error: 2 for usage, 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) => 2,
+            Error::Config(_) => 2,
             _ => 1,
         }
     }
@@ -70,7 +64,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Usage(err) => write!(f, "{err}"),
+            Error::Config(err) => write!(f, "invalid configuration: {err}"),
             Error::Listen { addr, source } => {
                 write!(f, "cannot listen on {addr}: {}", os_reason(source))
             }
@@ -84,12 +78,6 @@ impl fmt::Display for Error {
                 os_reason(source)
             ),
             Error::Inherit { detail } => write!(f, "cannot use inherited sockets: {detail}"),
-            Error::PidFile { path, source } => write!(
-                f,
-                "cannot write pid file {}: {}",
-                path.display(),
-                os_reason(source)
-            ),
             Error::Setup { what, source } => {
                 write!(f, "cannot set up {what}: {}", os_reason(source))
             }
@@ -101,10 +89,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Usage(err) => Some(err),
+            Error::Config(err) => Some(err),
             Error::Listen { source, .. }
             | Error::ListenFor { source, .. }
-            | Error::PidFile { source, .. }
             | Error::Setup { source, .. }
             | Error::Poll(source) => Some(source),
             Error::Inherit { .. } => None,
@@ -112,14 +99,22 @@ impl std::error::Error for Error {
     }
 }
 
-impl From<UsageError> for Error {
-    fn from(err: UsageError) -> Self {
-        Error::Usage(err)
+impl From<ConfigError> for Error {
+    fn from(err: ConfigError) -> Self {
+        Error::Config(err)
+    }
+}
+
+impl Error {
+    /// An OS error as every error line words it: lowercase, short, no
+    /// "(os error N)" (`address in use`, `permission denied`).
+    pub fn os_reason(err: &io::Error) -> String {
+        os_reason(err)
     }
 }
 
 /// The OS reason in the project's style: lowercase, short, no "(os error N)".
-pub fn os_reason(err: &io::Error) -> String {
+pub(crate) fn os_reason(err: &io::Error) -> String {
     match err.kind() {
         io::ErrorKind::AddrInUse => "address in use".to_owned(),
         io::ErrorKind::AddrNotAvailable => "address not available on this machine".to_owned(),

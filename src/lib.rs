@@ -1,27 +1,40 @@
 //! echod: a single-threaded TCP echo service on one `mio::Poll` that stops
-//! gracefully. Its load generator, `echo-load`, is a package of its own
-//! (`crates/echo-load`).
+//! gracefully, as a library. The contract is `docs/protocol.md`; the `echod`
+//! binary (command line, logging, signals, pid file, systemd) is a thin user
+//! of what is here, and the load generator, `echo-load`, is a package of its
+//! own (`crates/echo-load`).
 //!
-//! The contract is SPEC.md; this crate is laid out so that each concern has
-//! one file:
+//! An embedder gets a handful of types: [`Config`] (validated, its errors
+//! naming the field: [`ConfigError`]), [`Server`] ([`Server::bind`], or
+//! [`Server::from_listeners`] for sockets the caller already has, then
+//! [`Server::run`] on the caller's thread), [`ShutdownHandle`] to start the
+//! drain from any thread, [`SignalWatcher`] to let the four drain signals do
+//! it, and what a run returns: [`Summary`], [`Stats`], [`DrainReason`],
+//! [`DrainEnd`], or an [`Error`]. Nothing process-wide happens unless the
+//! caller asks: the library reads no environment variable, raises no limit
+//! and installs no signal handler by itself ([`raise_fd_limit`],
+//! [`Server::notify_systemd`] and [`SignalWatcher::install`] are explicit).
 //!
-//! - [`config`]: [`Config`], its defaults and validation, and echod's command line.
-//! - [`server`]: [`Server::bind`] (or [`Server::from_listeners`]) and [`Server::run`]:
-//!   the one `Poll`, tokens, dispatch.
-//! - `accept.rs`: listeners, admission at `--max-connections`, `EMFILE` back-off.
-//! - [`connection`]: one socket, its unsent bytes and phase; the echo and notice steps.
-//! - [`memory`]: the memory budget (`--max-pending-total`) and the pending buffers charged to it.
-//! - [`drain`]: the `Running -> (LameDuck) -> Draining -> Stopped` state machine, pure and clock-free.
-//! - `episode.rs`: when a repeatable warning is said (once per episode), pure and clock-free.
-//! - `per_ip.rs`: the `--max-connections-per-ip` table and its warning cadence (not yet wired).
-//! - `idle.rs`: the `--idle-timeout` sweep epochs and the one-second linger (not yet wired).
-//! - `health.rs`: the `--health` listener: `/livez`, `/readyz`, `/metrics` on the same `Poll`.
-//! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
-//! - [`signals`]: opt-in signal handling through signal-hook-mio.
-//! - [`notify`]: systemd readiness and status, one datagram each, never waiting.
-//! - [`logging`]: log lines on stderr that never wait or end the process; drops counted.
-//! - [`sys`]: the only `unsafe`: rlimits, `FIONREAD`, affinity, inherited sockets, raw writes.
-//! - [`error`]: [`Error`] for start-up and loop-fatal failures, with exit codes.
+//! The modules, one concern each:
+//!
+//! - `config.rs`: [`Config`], its defaults and validation.
+//! - `server.rs`: the one `Poll`, the token table, dispatch, the poll timeout.
+//! - `accept.rs`: the listeners, admission at `max_connections`, the back-off.
+//! - `connection.rs`: one socket, its unsent bytes and phase; the echo and notice steps.
+//! - `memory.rs`: the memory budget and the pending buffers charged to it.
+//! - `drain.rs`: `Running -> (LameDuck) -> Draining -> Stopped`, pure and clock-free.
+//! - `episode.rs`: when a repeatable warning is said, pure and clock-free.
+//! - `stats.rs`: the counters and the summary.
+//! - `shutdown.rs`: [`ShutdownHandle`].
+//! - `signals.rs`: opt-in signal handling through signal-hook-mio.
+//! - `notify.rs`: systemd readiness and status, never blocking.
+//! - `health.rs`: the `--health` listener (`/livez`, `/readyz`, `/metrics`)
+//!   on the same `Poll`; `health/conn.rs` one exchange, `health/metrics.rs`
+//!   the text format.
+//! - `udp.rs`, `handover.rs`, `idle.rs`, `per_ip.rs`: UDP echo, take-over,
+//!   the idle timeout and the per-address limit.
+//! - `sys.rs`: the only `unsafe` and libc-level code, and no policy.
+//! - `error.rs`: [`Error`] for start-up and loop-fatal failures.
 //!
 //! Embedding: bind, learn the addresses, hand the handle to whoever decides
 //! when to stop, run on this thread.
@@ -37,41 +50,52 @@
 //! assert_eq!(summary.reason, echod::DrainReason::Handle);
 //! # Ok::<(), echod::Error>(())
 //! ```
+//!
+//! # Notes
+//!
+//! Linux is the target. The loop relies on epoll's edge-triggered semantics
+//! (see [`Server::run`]), `FIONREAD`, `SO_REUSEPORT` and `/proc`.
 #![deny(missing_docs)]
 
 mod accept;
-pub mod config;
-pub mod connection;
-pub mod drain;
+mod config;
+mod connection;
+mod drain;
 mod episode;
-pub mod error;
+mod error;
 // Take-over (issue 13): built and unit-tested on its own first; the server
 // loop and the binary use it in the next step, until then nothing calls it.
 #[allow(dead_code, unused_imports)]
 mod handover;
 mod health;
-pub mod logging;
-pub mod memory;
-pub mod notify;
 // Pure pieces not yet wired into the loop: the per-address limit
 // (--max-connections-per-ip) and the idle sweep (--idle-timeout). Private
 // until the server uses them; dead code until then.
 #[allow(dead_code)]
 mod idle;
+// The echod binary's logger. It shares stderr's never-waiting writer with
+// the third signal's handler (signals.rs), and both keep their system calls
+// in sys.rs, the crate's one module of unsafe code: so it lives here, only
+// with the binary's `cli` feature, and is no part of the embedder's API.
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod logging;
+mod memory;
+mod notify;
 #[allow(dead_code)]
 mod per_ip;
-pub mod server;
-pub mod shutdown;
-pub mod signals;
+mod server;
+mod shutdown;
+mod signals;
 mod stats;
-pub mod sys;
+mod sys;
 // UDP echo (docs/protocol.md "UDP echo (RFC 862)"), phase 1 of issue 12: the
 // sockets, guards and counters stand alone and are unit-tested; nothing
 // calls them until server.rs registers the `--udp` sockets (phase 2).
 #[allow(dead_code)]
 mod udp;
 
-pub use config::{Command, Config, UsageError};
+pub use config::{Config, ConfigError};
 pub use drain::{DrainEnd, DrainReason};
 pub use error::Error;
 pub use server::Server;
@@ -82,7 +106,7 @@ pub use stats::{Stats, Summary};
 /// Raises this process's soft limit on open descriptors (`RLIMIT_NOFILE`)
 /// to its hard limit and returns the new soft limit: each connection is a
 /// descriptor, and the usual soft limit (1024) is far below
-/// `--max-connections`. The library never does this by itself; a program
+/// `max_connections`. The library never does this by itself; a program
 /// that serves many connections calls it once at start.
 ///
 /// # Errors
@@ -91,7 +115,43 @@ pub use stats::{Stats, Summary};
 ///
 /// # Notes
 ///
-/// Process-wide, and Linux (or Unix) specific.
+/// Process-wide; Linux (or Unix) specific.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     sys::raise_nofile_limit()
+}
+
+/// Takes the listening sockets a service manager passed to this process
+/// (socket activation: `LISTEN_PID` names this process, `LISTEN_FDS` counts
+/// them from fd 3), for [`Server::from_listeners`]; `Ok(None)` when there
+/// are none.
+///
+/// Call it first thing in `main`, before anything opens a descriptor: when
+/// fd 3 is missing, the next descriptor opened would take its number and be
+/// mistaken for a socket. The descriptors are taken once per process: a
+/// later call answers `Ok(None)`, so no descriptor ever gets two owners.
+///
+/// # Errors
+///
+/// [`Error::Inherit`] when a variable is malformed or a descriptor is not
+/// an open, listening TCP socket, naming which.
+///
+/// # Notes
+///
+/// Reads `LISTEN_PID` and `LISTEN_FDS` (and nothing else); leaves them as
+/// they are (a child has another PID, so `LISTEN_PID` never names it).
+pub fn take_inherited_listeners() -> Result<Option<Vec<std::net::TcpListener>>, Error> {
+    sys::inherited_listeners().map_err(|detail| Error::Inherit { detail })
+}
+
+/// Log lines echod's own logger dropped (0 without it): the statistics
+/// report them (docs/protocol.md "Logs and notifications are best effort").
+fn log_lines_dropped() -> usize {
+    #[cfg(feature = "cli")]
+    {
+        logging::lines_dropped()
+    }
+    #[cfg(not(feature = "cli"))]
+    {
+        0
+    }
 }

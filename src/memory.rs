@@ -244,6 +244,7 @@ impl Pending {
     }
 
     /// Heap memory held, in bytes (what is charged to the budget).
+    #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.bytes.capacity()
     }

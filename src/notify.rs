@@ -1,4 +1,4 @@
-//! systemd's notification protocol (SPEC "Operations"): `READY=1` once
+//! systemd's notification protocol (docs/protocol.md "Operations"): `READY=1` once
 //! listening, `STATUS=` as the state changes, `STOPPING=1` at drain start.
 //!
 //! A no-op unless `NOTIFY_SOCKET` is set. Status lines are rate-limited to
@@ -250,7 +250,7 @@ mod tests {
         };
         // Never read: past the queue limit every send would wait if it could.
         for _ in 0..1000 {
-            notifier.stopping();
+            notifier.send("STATUS=test\n");
         }
         assert!(notifier.dropped() > 0, "the queue never filled");
         drop(receiver);

@@ -161,7 +161,7 @@ impl PerIp {
                 entry.open += 1;
                 return Admit::Accepted;
             }
-            // SPEC "Logs...": a new episode once rejections were absent a second.
+            // docs/protocol.md "Logs...": a new episode once rejections were absent a second.
             if entry
                 .last_rejected
                 .is_none_or(|last| now.saturating_duration_since(last) >= EPISODE_GAP)

@@ -66,6 +66,12 @@ const LISTENER_BASE: usize = usize::MAX - 320;
 /// connections) stay below it.
 const FIRST_FIXED: usize = usize::MAX - 1023;
 
+// The ranges of the table do not overlap (checked when compiling).
+const _: () = assert!(HEALTH_LISTENER_TOKEN.0 > HEALTH_BASE);
+const _: () = assert!(HEALTH_BASE - HEALTH_SLOTS >= UDP_BASE);
+const _: () = assert!(UDP_BASE - crate::config::MAX_UDP_SOCKETS >= LISTENER_BASE);
+const _: () = assert!(LISTENER_BASE - crate::config::MAX_LISTENERS >= FIRST_FIXED);
+
 /// Listener `index`'s token.
 fn listener_token(index: usize) -> Token {
     Token(LISTENER_BASE - index)
@@ -332,6 +338,7 @@ impl Server {
                 what: "signal handling",
                 source,
             })?;
+        watcher.set_exit_at(self.life.handler_exit_at());
         self.signals = Some(watcher);
         Ok(())
     }
@@ -691,7 +698,9 @@ impl Server {
     /// it means now (docs/protocol.md "Draining" 6, "Lame duck and health").
     fn trigger(&mut self, reason: DrainReason) {
         let now = Instant::now();
-        match self.life.signal(reason, now) {
+        let signalled = self.life.signal(reason, now);
+        self.update_handler_exit();
+        match signalled {
             Signalled::LameDuck => {
                 info!(
                     "lame duck started: reason={reason} delay={:?} connections={}; still serving, not ready",
@@ -707,6 +716,13 @@ impl Server {
                 self.close_all(DrainEnd::Forced);
             }
             Signalled::Ignored => {}
+        }
+    }
+
+    /// Tells the signal handler how many drain signals make it exit.
+    fn update_handler_exit(&self) {
+        if let Some(watcher) = &self.signals {
+            watcher.set_exit_at(self.life.handler_exit_at());
         }
     }
 
@@ -783,6 +799,7 @@ impl Server {
                 Due::Stop(DrainEnd::Deadline) => self.close_all(DrainEnd::Deadline),
                 Due::Stop(_) => {}
                 Due::BeginDrain => {
+                    self.update_handler_exit();
                     self.begin_drain(now);
                     // Asked again at once: a drain with nobody left (or a
                     // zero deadline) must not wait for the next tick.
@@ -842,7 +859,7 @@ impl Server {
             s.closed_on_error,
             s.idle_closed,
             s.rejected_per_ip,
-            crate::logging::lines_dropped(),
+            crate::log_lines_dropped(),
             self.notifier.dropped()
         );
     }
@@ -892,7 +909,7 @@ impl Server {
             closed: self.stats.closed_by_reason(),
             bytes_echoed: self.ctx.bytes_echoed,
             pending_bytes: self.ctx.budget.charged() as u64,
-            log_lines_dropped: crate::logging::lines_dropped() as u64,
+            log_lines_dropped: crate::log_lines_dropped() as u64,
             // UDP (issue 12): `Some(UdpCounters { .. })` from the UDP
             // sockets' counters once they are wired; `None` emits no UDP
             // metric.
@@ -907,7 +924,7 @@ impl Server {
             _ => (DrainReason::Handle, DrainEnd::Emptied),
         };
         self.stats.bytes_echoed = self.ctx.bytes_echoed;
-        self.stats.log_lines_dropped = crate::logging::lines_dropped() as u64;
+        self.stats.log_lines_dropped = crate::log_lines_dropped() as u64;
         let summary = Summary {
             reason,
             end,
@@ -1006,16 +1023,5 @@ mod tests {
             err.to_string(),
             format!("cannot listen on {addr} (health): address in use")
         );
-    }
-
-    #[test]
-    fn the_ranges_do_not_overlap() {
-        // Checked at compile time; the test names the property.
-        const {
-            assert!(HEALTH_LISTENER_TOKEN.0 > HEALTH_BASE);
-            assert!(HEALTH_BASE - HEALTH_SLOTS >= UDP_BASE);
-            assert!(UDP_BASE - crate::config::MAX_UDP_SOCKETS >= LISTENER_BASE);
-            assert!(LISTENER_BASE - crate::config::MAX_LISTENERS >= FIRST_FIXED);
-        }
     }
 }

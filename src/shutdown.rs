@@ -1,4 +1,4 @@
-//! `ShutdownHandle`: the programmatic drain trigger (SPEC "Draining": "or by
+//! `ShutdownHandle`: the programmatic drain trigger (docs/protocol.md "Draining": "or by
 //! `ShutdownHandle::drain()` from another thread").
 //!
 //! It owns one fact, "a drain was requested", and one way to tell the loop:

@@ -1,5 +1,5 @@
 //! Opt-in signal handling: the four drain signals and SIGUSR1 as ordinary
-//! events on the server's `Poll` (SPEC "Draining" 6, "Operations").
+//! events on the server's `Poll` (docs/protocol.md "Draining" 6, "Operations").
 //!
 //! [`SignalWatcher::install`] puts the handlers in place; the server
 //! registers the watcher's pipe with its `Poll` ([`crate::Server::watch_signals`])
@@ -19,10 +19,10 @@ use signal_hook_mio::v1_0::Signals;
 use crate::error::Error;
 
 /// The signals that start a drain, and escalate it when repeated.
-pub const DRAIN_SIGNALS: [libc::c_int; 4] = [SIGHUP, SIGINT, SIGTERM, SIGQUIT];
+pub(crate) const DRAIN_SIGNALS: [libc::c_int; 4] = [SIGHUP, SIGINT, SIGTERM, SIGQUIT];
 
 /// Deliveries of drain signals after which the handler itself exits.
-pub const EXIT_IN_HANDLER_AT: usize = 3;
+pub(crate) const EXIT_IN_HANDLER_AT: usize = 3;
 
 /// The installed handlers and the pipe they write to.
 pub struct SignalWatcher {
@@ -33,11 +33,14 @@ pub struct SignalWatcher {
     delivered: Arc<AtomicUsize>,
     /// How many of `delivered` the loop has already been told about.
     reported: usize,
+    /// The delivery count at which the handler itself exits: the loop
+    /// lowers it as the drain goes on ([`SignalWatcher::set_exit_at`]).
+    exit_at: Arc<AtomicUsize>,
 }
 
 /// What arrived since the last [`SignalWatcher::take`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Received {
+pub(crate) struct Received {
     /// The first drain signal's name, if any arrived.
     pub drain: Option<&'static str>,
     /// How many drain signals arrived (at least 1 when `drain` is set).
@@ -74,12 +77,13 @@ impl SignalWatcher {
         all.push(SIGUSR1);
         crate::sys::unblock_signals(&all).map_err(setup)?;
         let delivered = Arc::new(AtomicUsize::new(0));
+        let exit_at = Arc::new(AtomicUsize::new(EXIT_IN_HANDLER_AT));
         let unlink = pid_file.and_then(|p| CString::new(p.as_os_str().as_bytes()).ok());
         for sig in DRAIN_SIGNALS {
             crate::sys::register_escalation(
                 sig,
                 Arc::clone(&delivered),
-                EXIT_IN_HANDLER_AT,
+                Arc::clone(&exit_at),
                 unlink.clone(),
                 say_exiting_now,
             )
@@ -90,16 +94,27 @@ impl SignalWatcher {
             signals,
             delivered,
             reported: 0,
+            exit_at,
         })
     }
 
+    /// Sets the count of drain signals at which the handler exits the
+    /// process itself: two after the one that began the drain proper, so
+    /// "another forces, the next exits" holds after a lame duck too
+    /// (docs/protocol.md "Draining" 6). The loop calls it after every
+    /// transition; a signal that races with it exits at most one late, and
+    /// the loop forces the stop meanwhile.
+    pub(crate) fn set_exit_at(&self, count: usize) {
+        self.exit_at.store(count, Ordering::SeqCst);
+    }
+
     /// The pipe, for the server to register with its `Poll`.
-    pub fn source(&mut self) -> &mut Signals {
+    pub(crate) fn source(&mut self) -> &mut Signals {
         &mut self.signals
     }
 
     /// Reads what arrived since the last call. Reads the pipe until empty.
-    pub fn take(&mut self) -> Received {
+    pub(crate) fn take(&mut self) -> Received {
         let mut received = Received::default();
         let mut distinct = 0;
         for sig in self.signals.pending() {
@@ -129,11 +144,12 @@ impl SignalWatcher {
 /// echod's logger ([`crate::logging::init`]) nothing is written, since
 /// nothing then says whether a write to fd 2 could wait.
 fn say_exiting_now() {
+    #[cfg(feature = "cli")]
     crate::logging::write_from_signal_handler(b"echod: third signal: exiting now\n");
 }
 
 /// The conventional name of a drain signal.
-pub fn signal_name(sig: libc::c_int) -> &'static str {
+pub(crate) fn signal_name(sig: libc::c_int) -> &'static str {
     match sig {
         SIGHUP => "SIGHUP",
         SIGINT => "SIGINT",

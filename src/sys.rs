@@ -2,7 +2,7 @@
 //!
 //! Everything here is a thin, documented wrapper around one system call, with a
 //! safe signature and an `io::Result`. It owns no state and makes no policy:
-//! callers decide what an error means (SPEC "Running": raise `RLIMIT_NOFILE`,
+//! callers decide what an error means (docs/protocol.md "Running": raise `RLIMIT_NOFILE`,
 //! classify `EMFILE`/`ENFILE`; "Draining 3": `FIONREAD` at drain start).
 //!
 //! # Notes
@@ -11,8 +11,9 @@
 //! but only Linux is tested.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+#[cfg(feature = "cli")]
+use std::os::fd::{OwnedFd, RawFd};
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns the new soft limit.
 ///
@@ -129,39 +130,6 @@ pub fn release_free_memory() -> bool {
     }
 }
 
-/// Pins the calling thread to one CPU.
-///
-/// # Errors
-///
-/// Returns the OS error from `sched_setaffinity` (for example when `cpu` does
-/// not exist or is not allowed for this process).
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; zeroed is its empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::from_raw_os_error(libc::EINVAL));
-    }
-    // SAFETY: `cpu` is below CPU_SETSIZE, checked above.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// User and system CPU time consumed so far by the whole process (`getrusage`).
-pub fn process_cpu_time() -> (Duration, Duration) {
-    // SAFETY: rusage is plain data and getrusage fills it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is valid and writable; RUSAGE_SELF cannot fail with a valid pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-    };
-    (tv(usage.ru_utime), tv(usage.ru_stime))
-}
-
 /// Unblocks `signals` in this thread's signal mask.
 ///
 /// A process inherits its mask from whoever started it; a blocked drain
@@ -189,10 +157,11 @@ pub fn unblock_signals(signals: &[libc::c_int]) -> io::Result<()> {
 }
 
 /// Registers a handler that counts deliveries of `signal` in `count` and,
-/// on the `limit`-th delivery of any signal sharing the counter, removes
+/// once the count reaches `limit` (which the loop may lower as the drain
+/// goes on; any signal sharing the counter counts), removes
 /// `unlink` (the pid file), calls `say` and `_exit(0)`s at once.
 ///
-/// This is SPEC "Draining" 6's third signal: it works even when the loop is
+/// This is docs/protocol.md "Draining" 6's third signal: it works even when the loop is
 /// stuck, because it runs in the handler. The counter also lets the loop
 /// count signals that signal-hook-mio merged into one report. `say` must be
 /// async-signal-safe and must never block (docs/protocol.md "Draining" 6:
@@ -204,13 +173,13 @@ pub fn unblock_signals(signals: &[libc::c_int]) -> io::Result<()> {
 pub fn register_escalation(
     signal: libc::c_int,
     count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    limit: usize,
+    limit: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     unlink: Option<std::ffi::CString>,
     say: fn(),
 ) -> io::Result<signal_hook::SigId> {
     use std::sync::atomic::Ordering;
     let action = move || {
-        if count.fetch_add(1, Ordering::SeqCst) + 1 >= limit {
+        if count.fetch_add(1, Ordering::SeqCst) + 1 >= limit.load(Ordering::SeqCst) {
             // Only async-signal-safe calls here: unlink, `say`, _exit.
             if let Some(path) = &unlink {
                 // SAFETY: `path` is a valid NUL-terminated string owned by the closure.
@@ -220,7 +189,7 @@ pub fn register_escalation(
             signal_hook::low_level::exit(0);
         }
     };
-    // SAFETY: the action only touches an atomic and calls async-signal-safe
+    // SAFETY: the action only touches atomics and calls async-signal-safe
     // functions (`say` is one by this function's contract).
     unsafe { signal_hook::low_level::register(signal, action) }
 }
@@ -336,6 +305,7 @@ fn check_tcp_listener(socket: &socket2::Socket) -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(feature = "cli")] // Used by the binary's logger only.
 /// What kind of file a descriptor refers to, as far as writing to it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -351,6 +321,7 @@ pub enum FileKind {
     Other,
 }
 
+#[cfg(feature = "cli")] // Used by the binary's logger only.
 /// The kind of file `fd` refers to (`fstat`).
 ///
 /// # Errors
@@ -372,6 +343,7 @@ pub fn file_kind(fd: RawFd) -> io::Result<FileKind> {
     })
 }
 
+#[cfg(feature = "cli")] // Used by the binary's logger only.
 /// Opens the pipe, FIFO or terminal behind `fd` again, write-only and
 /// non-blocking, as a new open file description of this process's own.
 ///
@@ -396,6 +368,7 @@ pub fn reopen_nonblocking(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(file))
 }
 
+#[cfg(feature = "cli")] // Used by the binary's logger only.
 /// `write(2)` on a raw descriptor: one system call, async-signal-safe.
 ///
 /// # Errors
@@ -410,6 +383,7 @@ pub fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+#[cfg(feature = "cli")] // Used by the binary's logger only.
 /// `send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL` on a raw descriptor: this one
 /// call never waits, whatever the socket's own flags, and a reader that went
 /// away yields `EPIPE` rather than SIGPIPE. Async-signal-safe.
@@ -433,6 +407,7 @@ pub fn send_nowait(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+#[cfg(feature = "cli")] // Used by the binary's logger only.
 /// True when `poll` says `fd` is writable now (zero timeout), and neither
 /// broken (`POLLERR`) nor hung up (`POLLHUP`). Async-signal-safe.
 ///
@@ -457,6 +432,7 @@ pub fn is_writable_now(fd: RawFd) -> bool {
         && pfd.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) == 0
 }
 
+#[cfg(feature = "cli")] // Used by the binary's logger only.
 /// The most bytes a write to a pipe moves at once, never interleaved with
 /// another writer's (`PIPE_BUF`, 4096 on Linux).
 pub const PIPE_BUF: usize = libc::PIPE_BUF;

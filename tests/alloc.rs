@@ -1,5 +1,5 @@
 //! Zero heap allocations per echoed message once connections are
-//! established (SPEC "Running": "No allocation per message on the steady
+//! established (docs/protocol.md "Running": "No allocation per message on the steady
 //! path"). A counting global allocator counts only the server thread's
 //! allocations; the clients run on other threads and are not counted.
 

@@ -1,4 +1,4 @@
-//! The command line as an operator meets it (SPEC "Command line"): usage
+//! The command line as an operator meets it (docs/protocol.md "Command line"): usage
 //! errors, start-up failures, `--help`/`--version`, the pid file, repeated
 //! and IPv6 listeners, log levels and the shape of log lines.
 
@@ -9,7 +9,6 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -69,19 +68,11 @@ fn run_command_to_exit(mut cmd: Command, stdout: Stdio) -> Outcome {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err.join().unwrap_or_default();
-            panic!("{args} did not exit within {LIMIT:?}\nstderr:\n{stderr}");
-        }
-        // Polling the exit status; there is no portable exit event to block on.
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = wait_for_exit(&mut child, LIMIT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let stderr = err.join().unwrap_or_default();
+        panic!("{args} did not exit within {LIMIT:?}\nstderr:\n{stderr}");
     };
     Outcome {
         status,
@@ -318,7 +309,7 @@ fn pid_file_failure_is_reported_without_announcing_readiness() {
         "exit status; stderr:\n{}",
         outcome.stderr
     );
-    // SPEC: errors are one clear line on stderr. A `listening on` line before
+    // docs/protocol.md "Command line": errors are one clear line on stderr. A `listening on` line before
     // it would tell a supervisor (and Echod::spawn) that echod is ready
     // although it is about to exit.
     assert_eq!(

@@ -1,4 +1,4 @@
-//! The drain as clients see it (SPEC "Draining"): prefix, notice, EOF, no
+//! The drain as clients see it (docs/protocol.md "Draining"): prefix, notice, EOF, no
 //! reset; the backlog and the listener; exit at the last client or at the deadline.
 
 mod common;

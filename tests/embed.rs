@@ -1,4 +1,4 @@
-//! echod embedded in another program (SPEC "Shape"): bind on port 0, learn
+//! echod embedded in another program (docs/protocol.md "Shape"): bind on port 0, learn
 //! the address, run the loop on a thread, and drain it with
 //! `ShutdownHandle::drain()` from another thread. No signals are involved.
 

@@ -1,4 +1,4 @@
-//! End-of-stream is never lost (SPEC "Running": a short read counts as "the
+//! End-of-stream is never lost (docs/protocol.md "Running": a short read counts as "the
 //! queue is empty" only when the event did not also report the peer's
 //! end-of-stream; a half-closed client still gets the rest of its echo, then
 //! the server closes). Regression tests for issue #8, item 1: an

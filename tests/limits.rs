@@ -1,4 +1,4 @@
-//! Limits and footprint (SPEC "Shape" and "Running"): backpressure bounds
+//! Limits and footprint (docs/protocol.md "Shape" and "Running"): backpressure bounds
 //! memory, `--max-connections` admission, descriptor exhaustion without
 //! spinning, one thread, and many concurrent connections echoed exactly.
 

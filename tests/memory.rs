@@ -1,4 +1,4 @@
-//! The memory budget as an operator sees it (SPEC "Running", memory budget):
+//! The memory budget as an operator sees it (docs/protocol.md "Running", memory budget):
 //! RSS stays within README's formula however many clients never read, a
 //! client that reads is still served, memory goes back to the OS when the
 //! clients leave, and a limit on the address space never aborts echod.
@@ -21,7 +21,9 @@ use common::*;
 const BUDGET: u64 = 16 << 20;
 /// What a connection with nothing pending may still read when the budget
 /// is spent (`echod::memory::SMALL_READ`), the most it holds beyond it.
-const SMALL_READ: u64 = echod::memory::SMALL_READ as u64;
+/// What a connection with nothing pending may still read when the budget is
+/// spent (the library's `memory::SMALL_READ`).
+const SMALL_READ: u64 = 2 * 1024;
 /// Never-reading clients in each test.
 const NEVER_READERS: usize = 300;
 

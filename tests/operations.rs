@@ -1,4 +1,4 @@
-//! echod under the machinery that starts and stops services (SPEC
+//! echod under the machinery that starts and stops services (docs/protocol.md
 //! "Operations", "Draining" 2): systemd's notify protocol on a real
 //! `NOTIFY_SOCKET`, socket activation with a listening socket passed as fd 3
 //! (and what happens to clients that connect during a restart), and the

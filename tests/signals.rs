@@ -1,4 +1,4 @@
-//! Real signals to a real echod (SPEC "Draining" 6, "Operations"): each of
+//! Real signals to a real echod (docs/protocol.md "Draining" 6, "Operations"): each of
 //! the four drains, also for a background instance started by a shell; a
 //! second forces; a third exits from the handler even with the loop stuck;
 //! SIGUSR1 reports and disturbs nothing.
@@ -7,7 +7,6 @@ mod common;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 
@@ -226,20 +225,6 @@ fn third_signal_exits_even_with_stderr_a_full_blocking_pipe() {
     assert_eq!(read_to_eof(&mut client), b"", "the loop saw the signals");
 }
 
-fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("echod did not exit within {limit:?} of the third signal");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn sigusr1_logs_statistics_and_changes_nothing() {
     let mut echod = Echod::spawn(&[]);
@@ -293,6 +278,9 @@ fn a_log_reader_that_went_away_does_not_kill_the_server() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     assert_eq!(read_to_eof(&mut client), b"SHUTDOWN");
     drop(client);
-    let status = wait_child(&mut child, LIMIT);
+    let Some(status) = wait_for_exit(&mut child, LIMIT) else {
+        let _ = child.kill();
+        panic!("echod did not exit within {LIMIT:?} of the third signal");
+    };
     assert_eq!(status.code(), Some(0), "{status:?}");
 }

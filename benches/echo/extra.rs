@@ -22,7 +22,7 @@ const IDLE_CONNS: usize = 10_000;
 /// RSS of every server idle and with [`IDLE_CONNS`] idle connections.
 pub fn rss(ctx: &Ctx) -> Vec<RssRow> {
     println!("\n-- memory: VmRSS idle and with {IDLE_CONNS} idle connections");
-    if let Err(e) = echod::sys::raise_nofile_limit() {
+    if let Err(e) = echod::raise_fd_limit() {
         println!("  cannot raise RLIMIT_NOFILE: {e}");
     }
     let mut rows = Vec::new();

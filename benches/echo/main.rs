@@ -118,7 +118,7 @@ fn pinning(nproc: usize) -> (Option<usize>, Option<usize>, String) {
             format!("NOT PINNED: only {nproc} CPU; server and load share it"),
         );
     }
-    match echod::sys::pin_current_thread(1) {
+    match measure::pin_current_thread(1) {
         Ok(()) => (
             Some(0),
             Some(1),

@@ -171,17 +171,13 @@ impl Echod {
     /// Waits for the child to exit and returns its status.
     #[track_caller]
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.try_status() {
+        match wait_for_exit(&mut self.child, limit) {
+            Some(status) => {
+                self.status = Some(status);
                 self.collect_remaining_lines();
-                return status;
+                status
             }
-            if Instant::now() >= deadline {
-                self.fail(&format!("did not exit within {limit:?}"));
-            }
-            // Polling the exit status; there is no portable exit event to block on.
-            std::thread::sleep(Duration::from_millis(10));
+            None => self.fail(&format!("did not exit within {limit:?}")),
         }
     }
 
@@ -605,18 +601,13 @@ impl Unwatched {
     /// Waits for the child to exit and returns its status.
     #[track_caller]
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.try_status() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "echod did not exit within {limit:?}"
-            );
-            // Polling the exit status; there is no portable exit event to block on.
-            std::thread::sleep(Duration::from_millis(10));
+        if let Some(status) = self.status {
+            return status;
         }
+        let status = wait_for_exit(&mut self.child, limit)
+            .unwrap_or_else(|| panic!("echod did not exit within {limit:?}"));
+        self.status = Some(status);
+        status
     }
 }
 
@@ -744,6 +735,23 @@ pub fn next_line_containing(
                 seen.concat()
             ),
         }
+    }
+}
+
+/// Waits up to `limit` for `child` to exit: its status, or `None` (it is
+/// still running; the caller decides whether to kill it). The one exit
+/// wait every harness here uses.
+pub fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // Polling the exit status; there is no portable exit event to block on.
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -1,17 +1,21 @@
-//! The `echod` binary: inherited sockets -> argv -> Config -> logger ->
-//! signals -> bind -> pid file -> run -> exit status (SPEC "Command line").
+//! The `echod` binary: inherited sockets -> argv -> options -> logger ->
+//! signals -> bind -> pid file -> readiness line -> run -> exit status
+//! (docs/protocol.md "Command line").
 //!
 //! Everything else lives in the library. Signal handlers go in before the
 //! listeners are created, so a signal that arrives during start-up is queued
 //! in the pipe rather than killing the process with clients in the backlog.
 
+mod cli;
+mod pidfile;
+
+use std::fmt;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use echod::{Command, Config, Error, Server, SignalWatcher};
-
-#[path = "echod/pidfile.rs"]
-mod pidfile;
+use cli::{Command, UsageError};
+use echod::{Server, SignalWatcher};
 use pidfile::PidFile;
 
 fn main() -> ExitCode {
@@ -20,57 +24,61 @@ fn main() -> ExitCode {
         Err(err) => {
             // A stderr that went away is no reason to panic on the way out.
             let _ = writeln!(std::io::stderr().lock(), "echod: {err}");
-            err.exit_code().into()
+            err.exit_code()
         }
     }
 }
 
-fn run() -> Result<ExitCode, Error> {
+fn run() -> Result<ExitCode, Failure> {
     // docs/protocol.md "Operations": a service manager's sockets are fd 3
     // onwards. Take them before anything opens a descriptor: with fd 3
     // missing, our own signal pipe would become fd 3 and be taken for one.
     // A usage error still comes first, though.
-    let inherited = echod::sys::inherited_listeners();
-    let config = match echod::config::parse_args(std::env::args_os().skip(1))? {
-        Command::Run(config) => config,
-        Command::Help => return Ok(print_and_exit(echod::config::HELP)),
+    let inherited = echod::take_inherited_listeners();
+    let options = match cli::parse_args(std::env::args_os().skip(1))? {
+        Command::Run(options) => *options,
+        Command::Help => return Ok(print_and_exit(cli::HELP)),
         Command::Version => {
             let version = format!("echod {}\n", env!("CARGO_PKG_VERSION"));
             return Ok(print_and_exit(&version));
         }
     };
-    let inherited = inherited.map_err(|detail| Error::Inherit { detail })?;
-    init_logger(&config);
+    let inherited = inherited?;
+    // Only fails if a logger is already installed, which cannot happen here.
+    let _ = echod::logging::init(options.log_level, options.log_timestamps);
     // docs/protocol.md "Running": room for many connections. The library
     // leaves process-wide limits alone; the binary asks for this one.
     match echod::raise_fd_limit() {
         Ok(limit) => log::debug!("descriptor limit: nofile={limit}"),
         Err(err) => log::warn!(
             "cannot raise the descriptor limit: {}",
-            echod::error::os_reason(&err)
+            echod::Error::os_reason(&err)
         ),
     }
-    let watcher = SignalWatcher::install(config.pid_file.as_deref())?;
+    let watcher = SignalWatcher::install(options.pid_file.as_deref())?;
+    let config = options.config;
     let mut server = match inherited {
         Some(sockets) => {
-            let server = Server::from_listeners(config.clone(), sockets)?;
+            let server = Server::from_listeners(config, sockets)?;
             for addr in server.local_addrs() {
                 log::info!("using inherited socket: addr={addr}");
             }
             server
         }
-        None => Server::bind(config.clone())?,
+        None => Server::bind(config)?,
     };
     server.watch_signals(watcher)?;
     server.notify_systemd();
     let pid = std::process::id();
     // The pid file comes before the readiness lines: once a script sees
     // `listening on`, the pid file is there to signal.
-    let _pid_file = match &config.pid_file {
-        Some(path) => Some(PidFile::write(path, pid).map_err(|source| Error::PidFile {
-            path: path.clone(),
-            source,
-        })?),
+    let _pid_file = match &options.pid_file {
+        Some(path) => Some(
+            PidFile::write(path, pid).map_err(|source| Failure::PidFile {
+                path: path.clone(),
+                source,
+            })?,
+        ),
         None => None,
     };
     // Whatever --log-level says: scripts wait for this line
@@ -100,7 +108,7 @@ fn print_and_exit(text: &str) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(err) => {
-            let reason = echod::error::os_reason(&err);
+            let reason = echod::Error::os_reason(&err);
             let _ = writeln!(
                 std::io::stderr().lock(),
                 "echod: cannot write to stdout: {reason}"
@@ -110,7 +118,57 @@ fn print_and_exit(text: &str) -> ExitCode {
     }
 }
 
-fn init_logger(config: &Config) {
-    // Only fails if a logger is already installed, which cannot happen here.
-    let _ = echod::logging::init(config.log_level, config.log_timestamps);
+/// Why the binary could not run, as one line and an exit status.
+#[derive(Debug)]
+enum Failure {
+    /// A bad flag or value: exit 2.
+    Usage(UsageError),
+    /// The library could not start or run the server.
+    Server(echod::Error),
+    /// The pid file could not be written.
+    PidFile {
+        /// The path from `--pid-file`.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+impl Failure {
+    /// 2 for a usage error (a config the library refused is one too), 1 for
+    /// everything else.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Failure::Usage(_) => ExitCode::from(2),
+            Failure::Server(err) => ExitCode::from(err.exit_code()),
+            Failure::PidFile { .. } => ExitCode::FAILURE,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Usage(err) => write!(f, "{err}"),
+            Failure::Server(err) => write!(f, "{err}"),
+            Failure::PidFile { path, source } => write!(
+                f,
+                "cannot write pid file {}: {}",
+                path.display(),
+                echod::Error::os_reason(source)
+            ),
+        }
+    }
+}
+
+impl From<UsageError> for Failure {
+    fn from(err: UsageError) -> Self {
+        Failure::Usage(err)
+    }
+}
+
+impl From<echod::Error> for Failure {
+    fn from(err: echod::Error) -> Self {
+        Failure::Server(err)
+    }
 }
