@@ -137,6 +137,8 @@ Signals:
                                      send the notice, wait for connections to leave
   the same again while draining      close everything now and exit
   a third                            exit at once
+  with --drain-delay                 the first starts the lame duck (serving, not ready);
+                                     another during it starts the drain; then as above
   SIGUSR1                            log one line of live statistics
 
 Exit status:
