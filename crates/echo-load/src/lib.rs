@@ -8,7 +8,11 @@
 //! `config.rs` owns the configuration ([`LoadConfig`]) and its bounds; each
 //! worker (`worker.rs`) owns its own `mio::Poll` and connections;
 //! `payload.rs` owns the bytes sent and their verification; `report.rs` the
-//! summary and the JSON; `sys.rs` the few system calls. Implements
+//! summary and the JSON; `sys.rs` the few system calls. The UDP mode
+//! ([`run_udp`]) is apart: `udp.rs` owns its one-thread run, `datagram.rs`
+//! the wire format, `udp_flow.rs` each flow's loss, duplicate, reordering
+//! and jitter accounting, `udp_report.rs` its [`UdpReport`], and
+//! `udp_config.rs` its configuration ([`UdpConfig`]). Implements
 //! docs/protocol.md "The load generator".
 //!
 //! ```no_run
@@ -22,9 +26,14 @@
 #![deny(missing_docs)]
 
 mod config;
+mod datagram;
 mod payload;
 mod report;
 mod sys;
+mod udp;
+mod udp_config;
+mod udp_flow;
+mod udp_report;
 mod worker;
 
 use std::fmt;
@@ -38,7 +47,13 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 pub use config::{LoadConfig, MAX_CONNECTIONS, MAX_IN_FLIGHT, MAX_SECS, Payload, Stop};
+pub use datagram::HEADER_LEN as UDP_HEADER_LEN;
 pub use report::{Drain, Errors, Latency, Report};
+pub use udp::{UdpProgress, run_udp, run_udp_with_progress};
+pub use udp_config::{
+    MAX_DATAGRAM_V4, MAX_DATAGRAM_V6, MAX_DATAGRAMS, MAX_FLOWS, MAX_UDP_RATE, UdpConfig,
+};
+pub use udp_report::UdpReport;
 
 use payload::Pattern;
 use report::{Meter, Output};
@@ -80,6 +95,13 @@ pub enum LoadError {
     },
     /// A worker thread panicked (a bug).
     Panicked,
+    /// A UDP flow's socket could not be opened or connected.
+    Socket {
+        /// The server address.
+        addr: SocketAddr,
+        /// The OS reason.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -92,6 +114,9 @@ impl fmt::Display for LoadError {
                 write!(f, "cannot pin a worker to cpu {cpu}: {source}")
             }
             LoadError::Panicked => write!(f, "a worker thread panicked"),
+            LoadError::Socket { addr, source } => {
+                write!(f, "cannot open a UDP socket to {addr}: {source}")
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
-//! `echo-load`: argv -> LoadConfig -> run -> print -> ExitCode.
+//! `echo-load`: argv -> LoadConfig (or UdpConfig) -> run -> print -> ExitCode.
 //!
-//! Only parses the command line, runs [`echo_load::run`] and maps the
-//! report to an exit status (docs/protocol.md "The load generator"): 0 when every byte
-//! was verified and nothing went wrong, 1 when data was wrong or lost or the
+//! Only parses the command line, runs [`echo_load::run`] (or
+//! [`echo_load::run_udp`] with `--udp`) and maps the report to an exit
+//! status (docs/protocol.md "The load generator"): 0 when every byte was
+//! verified and nothing went wrong, 1 when data was wrong or lost or the
 //! run could not happen, 2 on a usage error.
 
 use std::io::IsTerminal as _;
@@ -14,13 +15,16 @@ use std::time::Duration;
 
 use lexopt::ValueExt as _;
 
-use echo_load::{LoadConfig, LoadError, Payload, Stop, run};
+use echo_load::{LoadConfig, LoadError, Payload, Stop, UdpConfig, run, run_udp};
 
 const HELP: &str = "\
 echo-load: drive an echo server with many connections, verify every echoed
-byte, and report throughput, latency and drains
+byte, and report throughput, latency and drains; or, with --udp, measure a
+path through any UDP echo server (RFC 862): round trips, loss, duplicates,
+reordering and jitter
 
 Usage: echo-load [OPTIONS] [ADDR]
+       echo-load --udp [UDP OPTIONS] [ADDR]
 
 Arguments:
   [ADDR]  server address, host:port or [v6]:port [default: 127.0.0.1:9999]
@@ -47,14 +51,35 @@ Options:
   -h, --help                print this help
   -V, --version             print the version
 
+UDP options (--udp: datagrams on an open-loop schedule, one thread; each
+carries a sequence number, its send time and a checked payload):
+      --udp                 measure over UDP
+  -c, --flows N             flows, each its own socket connected to ADDR [default: 1]
+  -r, --rate R              datagrams a second over all flows [default: 1000];
+                            round trips count from each scheduled send time
+  -d, --duration SECS       send for SECS seconds [default: 10]
+  -n, --messages N          send exactly N datagrams in total instead
+  -s, --size BYTES          bytes per datagram, the 24-byte header included
+                            [default: 64]
+      --reply-timeout SECS  how long replies are awaited after the last send;
+                            a datagram still unanswered then is lost [default: 1]
+      --max-loss FRACTION   a loss up to FRACTION (0 to 1) is still clean [default: 0]
+      --json, --progress    as above
+
 Limits (beyond them, a usage error):
   --connections at most 1000000, and connections x --pipeline at most 16777216;
   --duration, --warmup and --connect-timeout at most 1000000000 seconds;
   --rate at least one message every 1000000000 seconds
+  With --udp: --flows at most 1000000; --size from 24 to 65507 (IPv4) or
+  65527 (IPv6); --rate at most 10000000; --messages, or rate x duration, at
+  most 1073741824 datagrams (a bit each in memory); --reply-timeout at most
+  1000000000 seconds
 
 Exit status:
   0  every echoed byte was verified and no error occurred (a drain announced
-     by the shutdown message is not an error)
+     by the shutdown message is not an error); with --udp: no loss (beyond
+     --max-loss), no duplicate, no truncated or corrupt reply (reordering
+     alone is not an error)
   1  data was wrong or lost, a connection failed, or the run could not start
   2  usage error, out-of-range values included
 ";
@@ -100,6 +125,11 @@ enum Command {
         json: bool,
         typed: Typed,
     },
+    Udp {
+        config: Box<UdpConfig>,
+        json: bool,
+        typed: Typed,
+    },
 }
 
 /// The values given on the command line as typed, by long flag, so that an
@@ -123,46 +153,95 @@ impl Typed {
             None => flag.to_string(),
         }
     }
+
+    /// True when `flag` was given.
+    fn has(&self, flag: &str) -> bool {
+        self.0.iter().any(|(f, _)| *f == flag)
+    }
+
+    /// The flag and value behind a configuration field the library
+    /// rejected: `--field-name`, except that the flows of a UDP run may
+    /// have been given as `-c`/`--connections`.
+    fn quote_field(&self, field: &str) -> String {
+        let flag = format!("--{}", field.replace('_', "-"));
+        if flag == "--flows" && !self.has("--flows") && self.has("--connections") {
+            return self.quote("--connections");
+        }
+        self.quote(&flag)
+    }
 }
 
 fn main() -> ExitCode {
-    let (config, json, typed) = match parse_args() {
+    match parse_args() {
         Ok(Command::Help) => {
             out(HELP);
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         Ok(Command::Version) => {
             out(&format!("echo-load {}\n", env!("CARGO_PKG_VERSION")));
-            return ExitCode::SUCCESS;
+            ExitCode::SUCCESS
         }
         Ok(Command::Run {
             config,
             json,
             typed,
-        }) => (config, json, typed),
-        Err(usage) => return usage_error(&usage),
-    };
-    match run(&config) {
-        Ok(report) => {
-            if json {
-                out(&format!("{}\n", report.to_json()));
-            } else {
-                out(&format!(
-                    "echo-load: {} connections to {}\n{report}\n",
-                    config.connections, config.addr
-                ));
+        }) => match run(&config) {
+            Ok(report) => {
+                if json {
+                    out(&format!("{}\n", report.to_json()));
+                } else {
+                    out(&format!(
+                        "echo-load: {} connections to {}\n{report}\n",
+                        config.connections, config.addr
+                    ));
+                }
+                verdict(report.is_clean())
             }
-            if report.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
+            Err(err) => load_failed(err, &typed),
+        },
+        Ok(Command::Udp {
+            config,
+            json,
+            typed,
+        }) => match run_udp(&config) {
+            Ok(report) => {
+                if json {
+                    out(&format!("{}\n", report.to_json()));
+                } else {
+                    let flows = match config.flows {
+                        1 => "1 flow".to_string(),
+                        n => format!("{n} flows"),
+                    };
+                    out(&format!(
+                        "echo-load: udp, {flows} to {}, {}-byte datagrams at {}/s\n{report}\n",
+                        config.addr, config.size, config.rate
+                    ));
+                }
+                verdict(report.is_clean())
             }
+            Err(err) => load_failed(err, &typed),
+        },
+        Err(usage) => usage_error(&usage),
+    }
+}
+
+/// Exit status 0 for a clean run, 1 otherwise.
+fn verdict(clean: bool) -> ExitCode {
+    if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// A run that could not happen: a field the library rejected is a usage
+/// error quoting the flag as typed; anything else is exit 1.
+fn load_failed(err: LoadError, typed: &Typed) -> ExitCode {
+    match err {
+        LoadError::InvalidConfig { field, reason } => {
+            usage_error(&Usage::new(typed.quote_field(field), reason))
         }
-        Err(LoadError::InvalidConfig { field, reason }) => {
-            let flag = format!("--{}", field.replace('_', "-"));
-            usage_error(&Usage::new(typed.quote(&flag), reason))
-        }
-        Err(err) => {
+        err => {
             err_line(&format!("echo-load: {err}"));
             ExitCode::from(1)
         }
@@ -193,12 +272,28 @@ fn usage_error(usage: &Usage) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Flags of the TCP mode only.
+const TCP_ONLY: [&str; 7] = [
+    "--message",
+    "--pipeline",
+    "--threads",
+    "--connect-timeout",
+    "--warmup",
+    "--pin",
+    "--shutdown-message",
+];
+
+/// Flags of the UDP mode only.
+const UDP_ONLY: [&str; 3] = ["--flows", "--reply-timeout", "--max-loss"];
+
 fn parse_args() -> Result<Command, Usage> {
     use lexopt::prelude::*;
     let mut config = LoadConfig::default();
-    let (mut json, mut progress) = (false, false);
+    let mut udp = UdpConfig::default();
+    let (mut json, mut progress, mut is_udp) = (false, false, false);
     let (mut duration, mut messages) = (None, None);
     let (mut size, mut message) = (None, None);
+    let (mut connections, mut flows) = (None, None);
     let mut addr = None;
     let mut typed = Typed::default();
     let mut parser = lexopt::Parser::from_env();
@@ -216,6 +311,13 @@ fn parse_args() -> Result<Command, Usage> {
             Long("warmup") => "--warmup",
             Long("pin") => "--pin",
             Long("shutdown-message") => "--shutdown-message",
+            Long("flows") => "--flows",
+            Long("reply-timeout") => "--reply-timeout",
+            Long("max-loss") => "--max-loss",
+            Long("udp") => {
+                is_udp = true;
+                continue;
+            }
             Long("json") => {
                 json = true;
                 continue;
@@ -235,7 +337,7 @@ fn parse_args() -> Result<Command, Usage> {
         // Every option left takes a value.
         let value = typed.value(&mut parser, flag)?;
         match flag {
-            "--connections" => config.connections = count(&value, flag)?,
+            "--connections" => connections = Some(count(&value, flag)?),
             "--duration" => duration = Some(seconds(&value, flag)?),
             "--messages" => messages = Some(count(&value, flag)?),
             "--size" => size = Some(count(&value, flag)?),
@@ -247,18 +349,48 @@ fn parse_args() -> Result<Command, Usage> {
             "--warmup" => config.warmup = seconds(&value, flag)?,
             "--pin" => config.pin_cpus = cpus(&value)?,
             "--shutdown-message" => config.shutdown_message = value.into_bytes(),
+            "--flows" => flows = Some(count(&value, flag)?),
+            "--reply-timeout" => udp.reply_timeout = seconds(&value, flag)?,
+            "--max-loss" => udp.max_loss = number(&value, flag)?,
             // Only the flags named above reach here.
             other => return Err(Usage::new(other, "unknown option")),
         }
     }
-    config.stop = match (duration, messages) {
+    let stop = match (duration, messages) {
         (Some(_), Some(_)) => {
             return Err(Usage::new("--messages", "cannot be used with --duration"));
         }
-        (_, Some(n)) => Stop::Messages(n),
-        (Some(d), None) => Stop::Duration(d),
-        (None, None) => config.stop,
+        (_, Some(n)) => Some(Stop::Messages(n)),
+        (Some(d), None) => Some(Stop::Duration(d)),
+        (None, None) => None,
     };
+    let progress = progress || std::io::stderr().is_terminal();
+    // A flag of the other mode is refused, not silently ignored.
+    let (foreign, why) = if is_udp {
+        (&TCP_ONLY[..], "cannot be used with --udp")
+    } else {
+        (&UDP_ONLY[..], "only with --udp")
+    };
+    if let Some(flag) = foreign.iter().find(|f| typed.has(f)) {
+        return Err(Usage::new(typed.quote(flag), why));
+    }
+    if is_udp {
+        udp.flows = flows.or(connections).unwrap_or(udp.flows);
+        udp.stop = stop.unwrap_or(udp.stop);
+        udp.size = size.unwrap_or(udp.size);
+        udp.rate = config.rate.unwrap_or(udp.rate);
+        if let Some(addr) = addr {
+            udp.addr = resolve(&addr)?;
+        }
+        udp.progress = progress;
+        return Ok(Command::Udp {
+            config: Box::new(udp),
+            json,
+            typed,
+        });
+    }
+    config.connections = connections.unwrap_or(config.connections);
+    config.stop = stop.unwrap_or(config.stop);
     config.payload = match (size, message) {
         (Some(_), Some(_)) => return Err(Usage::new("--message", "cannot be used with --size")),
         (_, Some(text)) => Payload::Literal(text.into_bytes()),
@@ -268,7 +400,7 @@ fn parse_args() -> Result<Command, Usage> {
     if let Some(addr) = addr {
         config.addr = resolve(&addr)?;
     }
-    config.progress = progress || std::io::stderr().is_terminal();
+    config.progress = progress;
     Ok(Command::Run {
         config: Box::new(config),
         json,

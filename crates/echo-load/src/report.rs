@@ -466,7 +466,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// `v`, or 0 where JSON has no number for it (NaN, infinity).
-fn finite(v: f64) -> f64 {
+pub(crate) fn finite(v: f64) -> f64 {
     if v.is_finite() { v } else { 0.0 }
 }
 

@@ -11,6 +11,8 @@
 //! Linux is the target; only Linux is tested.
 
 use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::ptr;
 use std::time::Duration;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit.
@@ -80,4 +82,137 @@ pub fn process_cpu_time() -> (Duration, Duration) {
         Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
     };
     (tv(usage.ru_utime), tv(usage.ru_stime))
+}
+
+/// A one-shot `timerfd` on `CLOCK_MONOTONIC` (the clock behind `Instant`),
+/// readable when it expires: a poll wake-up to the microsecond, where a
+/// poll timeout is rounded up to whole milliseconds. Arming it again
+/// resets its expiration count, so it never needs to be read: each expiry
+/// wakes an edge-triggered poll anew.
+#[derive(Debug)]
+pub struct Timer {
+    fd: OwnedFd,
+}
+
+impl Timer {
+    /// A disarmed, non-blocking timer.
+    ///
+    /// # Errors
+    ///
+    /// Returns the OS error from `timerfd_create`.
+    pub fn new() -> io::Result<Timer> {
+        // SAFETY: plain system call; the flags are valid.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(Timer {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Arms the timer to expire once, `after` from now (at least 1 ns: a
+    /// zero `it_value` would disarm it). Replaces any earlier setting.
+    ///
+    /// # Errors
+    ///
+    /// Returns the OS error from `timerfd_settime`.
+    pub fn arm(&self, after: Duration) -> io::Result<()> {
+        let after = after.max(Duration::from_nanos(1));
+        // SAFETY: itimerspec is plain data; zeroed is "no interval". Fields
+        // are set one by one since some targets add padding fields.
+        let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+        // Saturates where time_t is 32 bits; no wait here is that long.
+        spec.it_value.tv_sec = libc::time_t::try_from(after.as_secs()).unwrap_or(libc::time_t::MAX);
+        // Below 10^9, so it fits every target's tv_nsec type.
+        spec.it_value.tv_nsec = after.subsec_nanos() as _;
+        // SAFETY: `spec` is a valid itimerspec; a null old value is allowed.
+        let rc = unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The descriptor, for registering with a poll.
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// The inode of the socket behind `fd`, the key of its line in
+/// `/proc/net/udp`.
+///
+/// # Errors
+///
+/// Returns the OS error when `/proc/self/fd` cannot be read (no `/proc`).
+pub fn socket_inode(fd: RawFd) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(format!("/proc/self/fd/{fd}"))?.ino())
+}
+
+/// Datagrams the kernel dropped on arrival at the UDP sockets whose inodes
+/// are in `inodes` (a full receive buffer, mostly), summed from the
+/// `drops` column of `/proc/net/udp` and `/proc/net/udp6`.
+///
+/// # Errors
+///
+/// Returns the OS error when neither table can be read.
+pub fn udp_drops(inodes: &std::collections::HashSet<u64>) -> io::Result<u64> {
+    let (mut total, mut read, mut last_err) = (0, false, None);
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = match std::fs::read_to_string(table) {
+            Ok(text) => text,
+            Err(err) => {
+                last_err = Some(err);
+                continue;
+            }
+        };
+        read = true;
+        // Columns: sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops.
+        for line in text.lines().skip(1) {
+            let mut fields = line.split_whitespace().skip(9);
+            let (Some(inode), Some(drops)) = (fields.next(), fields.nth(2)) else {
+                continue;
+            };
+            if inode.parse().is_ok_and(|i: u64| inodes.contains(&i)) {
+                total += drops.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    match (read, last_err) {
+        (false, Some(err)) => Err(err),
+        _ => Ok(total),
+    }
+}
+
+/// Asks for a socket receive buffer of `bytes` (`SO_RCVBUF`); the kernel
+/// caps it at `net.core.rmem_max` without an error.
+///
+/// # Errors
+///
+/// Returns the OS error from `setsockopt`.
+pub fn set_recv_buffer(fd: RawFd, bytes: usize) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `value` is a valid c_int for the duration of the call, and
+    // the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
