@@ -54,6 +54,10 @@ pub struct Config {
     pub backlog: u32,
     /// Set `SO_REUSEPORT` on the listeners so several processes share a port.
     pub reuse_port: bool,
+    /// Where the health listener (`/livez`, `/readyz`, `/metrics`) listens;
+    /// `None` (the default) for no health listener. Its connections are never
+    /// clients (docs/protocol.md "Lame duck and health").
+    pub health: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             max_pending_total: 16 * 1024 * 1024,
             backlog: 1024,
             reuse_port: false,
+            health: None,
         }
     }
 }
@@ -121,6 +126,17 @@ impl Config {
                 Some(self.backlog.to_string()),
                 "must be 1 to 2147483647",
             ));
+        }
+        // The health listener beside an echo listener on one port would be
+        // refused by bind(2) anyway; saying which setting clashes is clearer.
+        if let Some(health) = self.health.filter(|addr| addr.port() != 0) {
+            if self.listen.contains(&health) {
+                return Err(ConfigError::new(
+                    "health",
+                    Some(health.to_string()),
+                    "is also a listen address",
+                ));
+            }
         }
         // docs/protocol.md "Draining" 3: a client tells a drain from a crash
         // by the notice before end-of-stream; an empty one says nothing.
@@ -213,5 +229,29 @@ mod tests {
         };
         let err = config.validate().unwrap_err();
         assert_eq!(err.field(), "shutdown_message");
+    }
+
+    #[test]
+    fn the_health_address_may_not_be_a_listen_address() {
+        let addr: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        let config = Config {
+            listen: vec![addr],
+            health: Some(addr),
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.field(), "health");
+        assert_eq!(
+            err.to_string(),
+            "health = \"127.0.0.1:9999\": is also a listen address"
+        );
+        // Port 0 twice is two different ports.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = Config {
+            listen: vec![any],
+            health: Some(any),
+            ..Config::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
     }
 }

@@ -139,11 +139,12 @@ pub enum Due {
     Stop(DrainEnd),
 }
 
-/// What `/readyz`, `echod_state` and `STATUS=` report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // Read by the health listener once it is wired in.
+/// What `/readyz`, `echod_state` and `STATUS=` report; the health
+/// listener's `/readyz` and `/metrics` read it from [`Lifecycle::serve_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ServeState {
     /// Serving and ready: `/readyz` 200, `echod_state` 0.
+    #[default]
     Serving,
     /// Serving but not ready: `/readyz` 503, `echod_state` 1.
     LameDuck,
@@ -151,7 +152,6 @@ pub enum ServeState {
     Draining,
 }
 
-#[allow(dead_code)] // Read by the health listener once it is wired in.
 impl ServeState {
     /// The `echod_state` gauge: 0 serving, 1 lame duck, 2 draining.
     pub fn as_metric(self) -> u8 {
@@ -235,7 +235,6 @@ impl Lifecycle {
     }
 
     /// What the health endpoint and the metrics report.
-    #[allow(dead_code)] // Read by the health listener once it is wired in.
     pub fn serve_state(&self) -> ServeState {
         match self.state {
             State::Running => ServeState::Serving,

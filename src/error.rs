@@ -26,6 +26,16 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
+    /// A listener other than an echo listener (`purpose`: `health`) could
+    /// not be created, bound or put into listening state.
+    ListenFor {
+        /// What the listener is for, as the message names it: `health`.
+        purpose: &'static str,
+        /// The address we tried to listen on.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// Sockets handed over by the service manager (`LISTEN_FDS`) were unusable.
     Inherit {
         /// What was wrong with them.
@@ -74,6 +84,15 @@ impl fmt::Display for Error {
             Error::Listen { addr, source } => {
                 write!(f, "cannot listen on {addr}: {}", os_reason(source))
             }
+            Error::ListenFor {
+                purpose,
+                addr,
+                source,
+            } => write!(
+                f,
+                "cannot listen on {addr} ({purpose}): {}",
+                os_reason(source)
+            ),
             Error::Inherit { detail } => write!(f, "cannot use inherited sockets: {detail}"),
             Error::Setup { what, source } => {
                 write!(f, "cannot set up {what}: {}", os_reason(source))
@@ -97,6 +116,7 @@ impl std::error::Error for Error {
         match self {
             Error::Config(err) => Some(err),
             Error::Listen { source, .. }
+            | Error::ListenFor { source, .. }
             | Error::Setup { source, .. }
             | Error::Poll(source)
             | Error::Handover { source, .. } => Some(source),
@@ -154,6 +174,20 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "cannot listen on 127.0.0.1:9999: address in use"
+        );
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_health_listen_error_names_its_purpose() {
+        let err = Error::ListenFor {
+            purpose: "health",
+            addr: "127.0.0.1:9990".parse().unwrap(),
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(
+            err.to_string(),
+            "cannot listen on 127.0.0.1:9990 (health): address in use"
         );
         assert_eq!(err.exit_code(), 1);
     }

@@ -32,8 +32,11 @@
 //! - `handover.rs` (and `server/handover.rs`): take-over: the wire format,
 //!   the `--handover-socket` listener the loop polls, and [`take_over`], the
 //!   new instance's side.
-//! - `health.rs`, `udp.rs`, `idle.rs`, `per_ip.rs`: the health listener, UDP
-//!   echo, the idle timeout and the per-address limit.
+//! - `health.rs`: the `--health` listener (`/livez`, `/readyz`, `/metrics`)
+//!   on the same `Poll`; `health/conn.rs` one exchange, `health/metrics.rs`
+//!   the text format.
+//! - `udp.rs`, `idle.rs`, `per_ip.rs`: UDP echo, the idle timeout and the
+//!   per-address limit.
 //! - `sys.rs`: the only `unsafe` and libc-level code, and no policy.
 //! - `error.rs`: [`Error`] for start-up and loop-fatal failures.
 //!
@@ -65,10 +68,6 @@ mod drain;
 mod episode;
 mod error;
 mod handover;
-// The health listener is built and unit-tested ahead of its wiring into the
-// server (issue 11, phase 2); until then nothing calls it or uses its
-// re-exports.
-#[allow(dead_code, unused_imports)]
 mod health;
 // Pure pieces not yet wired into the loop: the per-address limit
 // (--max-connections-per-ip) and the idle sweep (--idle-timeout). Private

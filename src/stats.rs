@@ -3,11 +3,12 @@
 //!
 //! Plain data: the server adds to [`Stats`] as connections come and go and
 //! returns it in the [`Summary`] of [`crate::Server::run`]. Logging and
-//! exporting the figures is the server's (and later the health listener's)
-//! business, not this module's.
+//! exporting the figures is the server's and the health listener's
+//! (`/metrics`) business, not this module's.
 
 use crate::connection::Closed;
 use crate::drain::{DrainEnd, DrainReason};
+use crate::health::CloseReason;
 
 /// Counters kept over the server's life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -22,6 +23,13 @@ pub struct Stats {
     pub closed_by_peer: u64,
     /// Connections closed because their socket failed (reset, broken pipe).
     pub closed_on_error: u64,
+    /// Connections closed because `--idle-timeout` passed with nothing
+    /// received or sent (docs/protocol.md "Protections").
+    pub idle_closed: u64,
+    /// Connections accepted and closed at once because their address was at
+    /// `--max-connections-per-ip` (docs/protocol.md "Protections"); counted
+    /// in `accepted` too.
+    pub rejected_per_ip: u64,
     /// Connections that closed on their own after the drain began.
     pub left: u64,
     /// Connections the server closed at the drain's deadline.
@@ -43,6 +51,22 @@ impl Stats {
             Closed::Failed(_) => self.closed_on_error += 1,
         }
     }
+
+    /// Client connections closed since start by reason, in the order of
+    /// `echod_connections_closed_total`'s `reason` label: peer, error, idle,
+    /// per_ip, deadline, forced (docs/protocol.md "Lame duck and health").
+    /// `left` is not a reason: those connections are counted under `peer`
+    /// or `error` already.
+    pub fn closed_by_reason(&self) -> [u64; CloseReason::COUNT] {
+        CloseReason::ALL.map(|reason| match reason {
+            CloseReason::Peer => self.closed_by_peer,
+            CloseReason::Error => self.closed_on_error,
+            CloseReason::Idle => self.idle_closed,
+            CloseReason::PerIp => self.rejected_per_ip,
+            CloseReason::Deadline => self.closed_at_deadline,
+            CloseReason::Forced => self.closed_forced,
+        })
+    }
 }
 
 /// How the server's run ended, returned by [`crate::Server::run`].
@@ -55,4 +79,30 @@ pub struct Summary {
     pub end: DrainEnd,
     /// The counters over the server's whole life.
     pub stats: Stats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_close_reason_reads_its_own_counter() {
+        let stats = Stats {
+            closed_by_peer: 1,
+            closed_on_error: 2,
+            idle_closed: 3,
+            rejected_per_ip: 4,
+            closed_at_deadline: 5,
+            closed_forced: 6,
+            left: 99,
+            ..Stats::default()
+        };
+        let closed = stats.closed_by_reason();
+        assert_eq!(closed[CloseReason::Peer as usize], 1);
+        assert_eq!(closed[CloseReason::Error as usize], 2);
+        assert_eq!(closed[CloseReason::Idle as usize], 3);
+        assert_eq!(closed[CloseReason::PerIp as usize], 4);
+        assert_eq!(closed[CloseReason::Deadline as usize], 5);
+        assert_eq!(closed[CloseReason::Forced as usize], 6);
+    }
 }

@@ -17,8 +17,9 @@ use mio::Interest;
 use mio::net::TcpStream;
 
 use super::REQUEST_LIMIT;
-use super::metrics::{self, MetricsSnapshot, ProcessStats, ServeState};
+use super::metrics::{self, MetricsSnapshot, ProcessStats};
 use crate::connection::Stream;
+use crate::drain::ServeState;
 
 /// Headers a request may have; more is a bad request.
 const MAX_HEADERS: usize = 64;
@@ -346,12 +347,14 @@ fn path_of(target: &str) -> Option<&str> {
 fn status_line(route: Route, state: ServeState) -> (&'static str, &'static str) {
     match route {
         Route::Live => ("200 OK", "ok\n"),
+        // docs/protocol.md "Lame duck and health": 503 from the first drain
+        // signal on, lame duck included; the lifecycle says which.
+        Route::Ready if state.is_ready() => ("200 OK", "ready\n"),
         Route::Ready => match state {
-            ServeState::Serving => ("200 OK", "ready\n"),
-            // docs/protocol.md "Lame duck and health": 503 from the first
-            // drain signal on, lame duck included.
             ServeState::LameDuck => ("503 Service Unavailable", "not ready: lame duck\n"),
-            ServeState::Draining => ("503 Service Unavailable", "not ready: draining\n"),
+            ServeState::Serving | ServeState::Draining => {
+                ("503 Service Unavailable", "not ready: draining\n")
+            }
         },
         Route::Metrics => ("200 OK", ""),
         Route::NotFound => ("404 Not Found", "not found\n"),

@@ -13,32 +13,10 @@
 
 use std::fmt::{self, Write};
 
+use crate::drain::ServeState;
+
 /// The `Content-Type` of a `/metrics` response: the text format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
-
-/// Where the server is in its life, as `echod_state` and `/readyz` report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ServeState {
-    /// Accepting and echoing; `/readyz` answers 200. `echod_state` 0.
-    #[default]
-    Serving,
-    /// A drain signal came and `--drain-delay` runs: still serving, but
-    /// `/readyz` answers 503. `echod_state` 1.
-    LameDuck,
-    /// The drain proper; `/readyz` answers 503. `echod_state` 2.
-    Draining,
-}
-
-impl ServeState {
-    /// The value of `echod_state`: 0 serving, 1 lame duck, 2 draining.
-    pub fn gauge(self) -> u8 {
-        match self {
-            ServeState::Serving => 0,
-            ServeState::LameDuck => 1,
-            ServeState::Draining => 2,
-        }
-    }
-}
 
 /// Why a client connection closed: the `reason` label of
 /// `echod_connections_closed_total`, and the index of
@@ -232,7 +210,7 @@ pub fn render(snapshot: &MetricsSnapshot, process: &ProcessStats, out: &mut Stri
 fn render_echod(s: &MetricsSnapshot, out: &mut String) -> fmt::Result {
     use Kind::{Counter, Gauge};
     let state_help = "Lifecycle state: 0 serving, 1 lame duck, 2 draining.";
-    single(out, "echod_state", Gauge, state_help, s.state.gauge())?;
+    single(out, "echod_state", Gauge, state_help, s.state.as_metric())?;
     let help = "Client connections open now (health connections are not counted).";
     single(out, "echod_connections", Gauge, help, s.connections)?;
     let help = "Client connections accepted since start.";
@@ -582,9 +560,10 @@ pub(super) mod tests {
 
     #[test]
     fn the_state_gauge_counts_serving_lame_duck_draining() {
-        assert_eq!(ServeState::Serving.gauge(), 0);
-        assert_eq!(ServeState::LameDuck.gauge(), 1);
-        assert_eq!(ServeState::Draining.gauge(), 2);
+        assert_eq!(ServeState::default(), ServeState::Serving);
+        assert_eq!(ServeState::Serving.as_metric(), 0);
+        assert_eq!(ServeState::LameDuck.as_metric(), 1);
+        assert_eq!(ServeState::Draining.as_metric(), 2);
     }
 
     #[test]

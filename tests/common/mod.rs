@@ -228,6 +228,14 @@ impl Echod {
     pub fn connect(&self) -> TcpStream {
         connect(self.addr())
     }
+
+    /// The health listener's address (`--health`), from its
+    /// `listening on IP:PORT proto=http` line, which follows the echo
+    /// listeners' lines.
+    #[track_caller]
+    pub fn health_addr(&mut self) -> SocketAddr {
+        parse_listening(&self.wait_for_line(" proto=http ", LIMIT))
+    }
 }
 
 impl Drop for Echod {
@@ -897,4 +905,104 @@ impl ConnectLoop {
         }
         total
     }
+}
+
+// ------------------------------------------------ HTTP for the health listener
+
+/// One HTTP answer: the status code, the head (status line and headers,
+/// without the blank line) and the body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code (200, 503, ...).
+    pub status: u16,
+    /// The status line and headers, CRLF-separated.
+    pub head: String,
+    /// Everything after the blank line.
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// Splits a whole answer read to end-of-stream.
+    #[track_caller]
+    pub fn parse(raw: &[u8]) -> HttpAnswer {
+        let text = String::from_utf8_lossy(raw).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of head in {text:?}"));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status code in {head:?}"));
+        HttpAnswer {
+            status,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
+    }
+
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.split("\r\n").skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// Sends `request` as is, reads to end-of-stream and returns what came back.
+#[track_caller]
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut stream = connect(addr);
+    stream.write_all(request)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
+/// True when `curl` runs here; checked once.
+pub fn have_curl() -> bool {
+    static HAVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAVE.get_or_init(|| {
+        Command::new("curl")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    })
+}
+
+/// `GET path` on `addr`, as a probe or a scraper would send it: with curl
+/// when it is installed (a real client's request), else over a plain
+/// `TcpStream`.
+#[track_caller]
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpAnswer {
+    if !have_curl() {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let raw = http_raw(addr, request.as_bytes())
+            .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"));
+        return HttpAnswer::parse(&raw);
+    }
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--include", "--http1.1"])
+        .args(["--max-time", &LIMIT.as_secs().to_string()])
+        .arg(format!("http://{addr}{path}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl GET {path} from {addr}: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    HttpAnswer::parse(&out.stdout)
+}
+
+/// Descriptors process `pid` holds open, from `/proc/PID/fd`.
+pub fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
 }

@@ -138,6 +138,9 @@ Options:
       --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG];
                                 the 'listening on' line is printed at any level
       --log-timestamps on|off   begin log lines with the UTC time [default: on]
+      --health ADDR             serve GET /livez, /readyz (503 from the first drain signal on)
+                                and /metrics (Prometheus) over HTTP on ADDR [default: off];
+                                its connections are never counted as clients
   -h, --help                    print this help
   -V, --version                 print the version
 
@@ -146,6 +149,8 @@ Signals:
                                      send the notice, wait for connections to leave
   the same again while draining      close everything now and exit
   a third                            exit at once
+  with --drain-delay                 the first starts the lame duck (serving, not ready);
+                                     another during it starts the drain; then as above
   SIGUSR1                            log one line of live statistics
 
 Exit status:
@@ -231,6 +236,10 @@ where
                 check_socket_path("--take-over", &value, false)?;
                 options.take_over = Some(value);
             }
+            Long("health") => {
+                let value = string_value(&mut parser, "--health")?;
+                config.health = Some(parse_health(&value)?);
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(lexopt_error(arg.unexpected())),
@@ -293,6 +302,23 @@ fn parse_listen(value: &str) -> Result<Vec<SocketAddr>, UsageError> {
             "expected IP:PORT or HOST:PORT that resolves",
         )),
     }
+}
+
+/// Parses `--health`'s one address: `IP:PORT`, `[IPv6]:PORT`, or
+/// `HOST:PORT` resolved now (its first address).
+fn parse_health(value: &str) -> Result<SocketAddr, UsageError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = || UsageError::new("--health", value, "expected IP:PORT, e.g. 0.0.0.0:9990");
+    if !value.contains(':') {
+        return Err(expected());
+    }
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(expected)
 }
 
 fn parse_seconds(flag: &str, value: &str) -> Result<Duration, UsageError> {
@@ -643,6 +669,34 @@ mod tests {
             err,
             "--log-timestamps \"yes\": expected on or off (see --help)"
         );
+    }
+
+    #[test]
+    fn health_takes_one_address_not_shared_with_listen() {
+        assert_eq!(run(&[]).unwrap().health, None);
+        let config = run(&["--health", "127.0.0.1:9990"]).unwrap();
+        assert_eq!(config.health, Some("127.0.0.1:9990".parse().unwrap()));
+        let config = run(&["--health=[::1]:0"]).unwrap();
+        assert_eq!(config.health, Some("[::1]:0".parse().unwrap()));
+        for (args, expected) in [
+            (
+                &["--health", "9990"][..],
+                "--health \"9990\": expected IP:PORT",
+            ),
+            (
+                &["--health", "127.0.0.1:99999"][..],
+                "--health \"127.0.0.1:99999\": expected IP:PORT",
+            ),
+            (
+                &["--listen", "127.0.0.1:9999", "--health", "127.0.0.1:9999"][..],
+                "--health \"127.0.0.1:9999\": is also a listen address",
+            ),
+        ] {
+            let err = run(args).unwrap_err();
+            assert!(err.contains(expected), "{args:?}: {err:?}");
+        }
+        // Port 0 twice is two different ports.
+        assert!(run(&["--listen", "127.0.0.1:0", "--health", "127.0.0.1:0"]).is_ok());
     }
 
     #[test]

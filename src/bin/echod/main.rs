@@ -121,6 +121,11 @@ fn run() -> Result<ExitCode, Failure> {
     for addr in server.local_addrs() {
         echod::logging::announce(format_args!("listening on {addr} pid={pid}"));
     }
+    // The health listener's own line, after the echo listeners' (scripts
+    // that count `listening on` lines count those first).
+    if let Some(addr) = server.health_addr() {
+        echod::logging::announce(format_args!("listening on {addr} proto=http pid={pid}"));
+    }
     server.run()?;
     Ok(ExitCode::SUCCESS)
 }
