@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the FROM scratch image (Containerfile) with podman and checks that
 # `podman stop` drains echod: a client that sent 64 KiB gets all of it back,
-# then the notice SHUTDOWN, then EOF, and the container exits 0.
+# then the notice SHUTDOWN, then EOF, and the container exits 0. Also that
+# echod's lines carry no time of their own (the image passes
+# --log-timestamps off) while `podman logs -t` shows the runtime's.
 #
 #   contrib/container/test.sh
 #
@@ -83,4 +85,10 @@ PY
 log=$(podman logs "$NAME" 2>&1) || die "podman logs failed"
 grep -q "drain started: reason=SIGTERM" <<<"$log" ||
     die "the container's log has no 'drain started: reason=SIGTERM'"
+# The image runs echod with --log-timestamps off; the runtime stamps lines.
+grep -q "^INFO  \[echod\] listening on 0.0.0.0:9999" <<<"$log" ||
+    die "the readiness line does not begin with its level (--log-timestamps off)"
+stamped=$(podman logs -t "$NAME" 2>&1) || die "podman logs -t failed"
+grep -Eq "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+[^ ]* INFO  \[echod\] listening on" <<<"$stamped" ||
+    die "podman logs -t shows no runtime time stamp on the readiness line"
 echo "container/test.sh: ok: podman stop drained echod (64 KiB echoed, SHUTDOWN, EOF, exit 0)"

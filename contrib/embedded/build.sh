@@ -9,12 +9,14 @@
 #     .deb into a private sysroot (no dpkg multiarch on the host);
 #   - -Zbuild-std from rust-web-src (RUSTC_BOOTSTRAP=1) for musl and for
 #     targets Debian has no std for; musl targets link fully static.
-# Only the echod binary is built (echo-load needs 64-bit atomics).
-# The build is size-tuned: opt-level z, no panic locations, and with
-# build-std an immediately-aborting, size-optimised std. Extra cargo
-# arguments (e.g. --no-default-features to drop log timestamps) go in
-# ECHOD_CARGO_ARGS. Downloads are cached in ECHOD_EMBEDDED_CACHE
-# (default /var/cache/echod-embedded).
+# Only the echod binary is built, with the default `cli` feature it needs
+# (echo-load is another workspace package and is not compiled). The build
+# is size-tuned: opt-level z, no panic locations, and with build-std an
+# immediately-aborting, size-optimised std. Extra cargo arguments go in
+# ECHOD_CARGO_ARGS (--no-default-features cannot build the binary: it is
+# the bare library for embedders). Log timestamps are a run-time choice
+# (--log-timestamps on|off), not a build one. Downloads are cached in
+# ECHOD_EMBEDDED_CACHE (default /var/cache/echod-embedded).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)

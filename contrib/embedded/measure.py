@@ -3,7 +3,7 @@
 epoll peer (benches/peers/c/epoll_echo.c, built here with gcc -O2 as the
 bench does).
 
-    contrib/embedded/measure.py [--runs N] BINARY [CMD_PREFIX...]
+    contrib/embedded/measure.py [--runs N] BINARY
 
 Starts the two servers alternately N times each (default 15) on
 127.0.0.1:0. Exec-to-listening is the time from just before the spawn to

@@ -2,8 +2,8 @@
 # Runs the procd init script (echod/files/echod.init) against a mock procd
 # (mock-procd.sh) and checks:
 #   1. the instance it builds from the shipped /etc/config/echod: the exact
-#      command line, term_timeout longer than the drain, the limits, and no
-#      reload_signal;
+#      command line (with --log-timestamps off: logd stamps lines),
+#      term_timeout longer than the drain, the limits, and no reload_signal;
 #   2. that the command line it builds from a test config really runs: the
 #      host's echod is started with it, through echod-procd as procd would;
 #   3. `upgrade` (SIGUSR2 to echod-procd, what procd_send_signal delivers):
@@ -105,7 +105,7 @@ want = ["/usr/libexec/echod-procd", "/var/run/echod/main/handover.sock",
         "/var/run/echod/main/echod.pid",
         "/usr/sbin/echod", "--listen", "0.0.0.0:9999", "--drain-timeout", "5",
         "--max-connections", "1000", "--max-pending", "65536", "--backlog", "128",
-        "--log-level", "info"]
+        "--log-level", "info", "--log-timestamps", "off"]
 if inst.get("command") != want:
     fail(f"shipped config: command {inst.get('command')}, expected {want}")
 checks = {"term_timeout": ["10"], "limits": ["nofile=2048 2048"], "user": ["nobody"],
@@ -133,7 +133,7 @@ inst = instances[0]
 cmd = inst["command"]
 want = ["/usr/libexec/echod-procd", "/var/run/echod/main/handover.sock",
         "/var/run/echod/main/echod.pid", "/usr/sbin/echod", "--listen", "127.0.0.1:0",
-        "--drain-timeout", "1.5", "--max-connections", "100", "--log-level", "info"]
+        "--drain-timeout", "1.5", "--max-connections", "100", "--log-level", "info", "--log-timestamps", "off"]
 if cmd != want:
     fail(f"test config: command {cmd}, expected {want}")
 term_timeout = int(inst["term_timeout"][0])
@@ -207,6 +207,9 @@ try:
                 m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
                 if m:
                     port = int(m.group(1))
+                    # --log-timestamps off: the line begins with its level, logd adds the time.
+                    if not line.startswith("INFO "):
+                        fail(f"log line {line.strip()!r} does not begin with its level (--log-timestamps off)")
         return port is not None
     wait_for("'listening on' line", listening)
     first = read_pid()
