@@ -63,6 +63,13 @@ pub struct Config {
     pub log_timestamps: bool,
     /// Set `SO_REUSEPORT` on the listeners so several processes share a port.
     pub reuse_port: bool,
+    /// UDP echo addresses (RFC 862), each its own socket; port 0 picks a
+    /// free port; empty (the default) serves no UDP. At most
+    /// [`MAX_UDP_SOCKETS`].
+    pub udp: Vec<SocketAddr>,
+    /// UDP replies a second over all `udp` sockets together, the reflection
+    /// guard's budget (docs/protocol.md "UDP echo (RFC 862)"); at least 1.
+    pub udp_max_rate: u32,
 }
 
 impl Default for Config {
@@ -80,6 +87,8 @@ impl Default for Config {
             log_level: None,
             log_timestamps: true,
             reuse_port: false,
+            udp: Vec::new(),
+            udp_max_rate: 10_000,
         }
     }
 }
@@ -125,6 +134,20 @@ impl Config {
                 "--backlog",
                 &value,
                 "must be 1 to 2147483647",
+            ));
+        }
+        if self.udp.len() > MAX_UDP_SOCKETS {
+            let value = self.udp.len().to_string();
+            return Err(UsageError::new("--udp", &value, "at most 256 addresses"));
+        }
+        // docs/protocol.md "UDP echo (RFC 862)": the rate limit is a
+        // reflection guard, so there is no "0 = off"; a large N is the way
+        // to (nearly) lift it.
+        if self.udp_max_rate == 0 {
+            return Err(UsageError::new(
+                "--udp-max-rate",
+                "0",
+                "must be at least 1: the limit guards against reflection",
             ));
         }
         // docs/protocol.md "Command line": a client tells a drain from a
@@ -213,6 +236,10 @@ Options:
       --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG];
                                 the 'listening on' line is printed at any level
       --log-timestamps on|off   begin log lines with the UTC time [default: on]
+      --udp ADDR                also echo UDP datagrams (RFC 862) on ADDR, repeatable [default: none]
+                                (port 0 picks a free port; the log says which)
+      --udp-max-rate N          UDP replies a second over all --udp sockets, at least 1: a guard
+                                against reflection, like ignoring source ports below 1024 [default: 10000]
   -h, --help                    print this help
   -V, --version                 print the version
 
@@ -249,7 +276,7 @@ where
         match arg {
             Long("listen") => {
                 let value = string_value(&mut parser, "--listen")?;
-                listen.extend(parse_listen(&value)?);
+                listen.extend(parse_addr("--listen", &value)?);
             }
             Long("drain-timeout") => {
                 let value = string_value(&mut parser, "--drain-timeout")?;
@@ -295,6 +322,14 @@ where
                 config.log_timestamps = parse_on_off("--log-timestamps", &value)?;
             }
             Long("reuse-port") => config.reuse_port = true,
+            Long("udp") => {
+                let value = string_value(&mut parser, "--udp")?;
+                config.udp.extend(parse_addr("--udp", &value)?);
+            }
+            Long("udp-max-rate") => {
+                let value = string_value(&mut parser, "--udp-max-rate")?;
+                config.udp_max_rate = parse_count("--udp-max-rate", &value)?;
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(lexopt_error(arg.unexpected())),
@@ -319,14 +354,15 @@ fn string_value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, Usage
         .map_err(|raw| UsageError::new(flag, &raw.to_string_lossy(), "is not valid UTF-8"))
 }
 
-/// Parses `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (resolved now, every address kept).
-fn parse_listen(value: &str) -> Result<Vec<SocketAddr>, UsageError> {
+/// Parses `flag`'s `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (resolved now,
+/// every address kept).
+fn parse_addr(flag: &str, value: &str) -> Result<Vec<SocketAddr>, UsageError> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
     if !value.contains(':') {
         return Err(UsageError::new(
-            "--listen",
+            flag,
             value,
             "expected IP:PORT, e.g. 127.0.0.1:9999",
         ));
@@ -336,13 +372,13 @@ fn parse_listen(value: &str) -> Result<Vec<SocketAddr>, UsageError> {
             let mut addrs: Vec<SocketAddr> = addrs.collect();
             addrs.dedup();
             if addrs.is_empty() {
-                Err(UsageError::new("--listen", value, "name has no address"))
+                Err(UsageError::new(flag, value, "name has no address"))
             } else {
                 Ok(addrs)
             }
         }
         Err(_) => Err(UsageError::new(
-            "--listen",
+            flag,
             value,
             "expected IP:PORT or HOST:PORT that resolves",
         )),
@@ -601,6 +637,18 @@ mod tests {
                 &["--log-level", "loud"],
                 "--log-level \"loud\": expected error, warn",
             ),
+            (
+                &["--udp-max-rate", "0"],
+                "--udp-max-rate \"0\": must be at least 1: the limit guards against reflection",
+            ),
+            (
+                &["--udp-max-rate", "4294967296"],
+                "--udp-max-rate \"4294967296\": is too large",
+            ),
+            (
+                &["--udp", "nonsense"],
+                "--udp \"nonsense\": expected IP:PORT",
+            ),
             (&["--bogus"], "invalid option '--bogus'"),
             (&["--listen"], "missing argument for option '--listen'"),
             (&["stray"], "unexpected argument"),
@@ -636,6 +684,47 @@ mod tests {
             err,
             "--log-timestamps \"yes\": expected on or off (see --help)"
         );
+    }
+
+    #[test]
+    fn udp_is_off_by_default_and_its_flags_set_their_fields() {
+        let config = run(&[]).unwrap();
+        assert!(config.udp.is_empty());
+        assert_eq!(config.udp_max_rate, 10_000);
+        let config = run(&[
+            "--udp",
+            "127.0.0.1:0",
+            "--udp=[::1]:7007",
+            "--udp-max-rate",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.udp,
+            vec![
+                "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+                "[::1]:7007".parse().unwrap()
+            ]
+        );
+        assert_eq!(config.udp_max_rate, 50);
+        // --udp does not replace the TCP listener's default.
+        assert_eq!(config.listen, vec![DEFAULT_LISTEN]);
+    }
+
+    #[test]
+    fn an_embedder_cannot_turn_the_udp_rate_limit_off_or_exceed_the_sockets() {
+        let config = Config {
+            udp_max_rate: 0,
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("--udp-max-rate"), "{err}");
+        let config = Config {
+            udp: vec![DEFAULT_LISTEN; MAX_UDP_SOCKETS + 1],
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("--udp \"257\": at most 256"), "{err}");
     }
 
     #[test]

@@ -24,6 +24,13 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
+    /// A `--udp` socket could not be created or bound.
+    ListenUdp {
+        /// The address we tried to bind.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// Sockets handed over by the service manager (`LISTEN_FDS`) were unusable.
     Inherit {
         /// What was wrong with them.
@@ -64,6 +71,9 @@ impl fmt::Display for Error {
             Error::Listen { addr, source } => {
                 write!(f, "cannot listen on {addr}: {}", os_reason(source))
             }
+            Error::ListenUdp { addr, source } => {
+                write!(f, "cannot listen on {addr} (udp): {}", os_reason(source))
+            }
             Error::Inherit { detail } => write!(f, "cannot use inherited sockets: {detail}"),
             Error::PidFile { path, source } => write!(
                 f,
@@ -84,6 +94,7 @@ impl std::error::Error for Error {
         match self {
             Error::Usage(err) => Some(err),
             Error::Listen { source, .. }
+            | Error::ListenUdp { source, .. }
             | Error::PidFile { source, .. }
             | Error::Setup { source, .. }
             | Error::Poll(source) => Some(source),
@@ -133,6 +144,19 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "cannot listen on 127.0.0.1:9999: address in use"
+        );
+        assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn udp_bind_errors_say_udp() {
+        let err = Error::ListenUdp {
+            addr: "127.0.0.1:7007".parse().unwrap(),
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(
+            err.to_string(),
+            "cannot listen on 127.0.0.1:7007 (udp): address in use"
         );
         assert_eq!(err.exit_code(), 1);
     }

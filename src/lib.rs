@@ -15,6 +15,8 @@
 //! - `episode.rs`: when a repeatable warning is said (once per episode), pure and clock-free.
 //! - `per_ip.rs`: the `--max-connections-per-ip` table and its warning cadence (not yet wired).
 //! - `idle.rs`: the `--idle-timeout` sweep epochs and the one-second linger (not yet wired).
+//! - `udp.rs`: UDP echo (`--udp`, RFC 862), its reflection guards and
+//!   counters ([`UdpStats`]); `udp/sockets.rs`: a server's set of them.
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
 //! - [`notify`]: systemd readiness and status, one datagram each, never waiting.
@@ -68,10 +70,6 @@ pub mod shutdown;
 pub mod signals;
 mod stats;
 pub mod sys;
-// UDP echo (docs/protocol.md "UDP echo (RFC 862)"), phase 1 of issue 12: the
-// sockets, guards and counters stand alone and are unit-tested; nothing
-// calls them until server.rs registers the `--udp` sockets (phase 2).
-#[allow(dead_code)]
 mod udp;
 
 pub use config::{Command, Config, UsageError};
@@ -81,6 +79,7 @@ pub use server::Server;
 pub use shutdown::ShutdownHandle;
 pub use signals::SignalWatcher;
 pub use stats::{Stats, Summary};
+pub use udp::{DropReason, UdpStats};
 
 /// Raises this process's soft limit on open descriptors (`RLIMIT_NOFILE`)
 /// to its hard limit and returns the new soft limit: each connection is a

@@ -28,6 +28,7 @@ use crate::notify::Notifier;
 use crate::shutdown::ShutdownHandle;
 use crate::signals::SignalWatcher;
 use crate::stats::{Stats, Summary};
+use crate::udp::{LogFields, UdpSockets};
 
 // Tokens. A connection's token is its slab key; fixed sources take tokens
 // from the top of the range, which no slab reaches. `source` below is the
@@ -77,7 +78,6 @@ fn health_token(k: usize) -> Token {
 }
 
 /// UDP socket `j`'s token.
-#[allow(dead_code)] // Used once UDP is wired in.
 fn udp_token(j: usize) -> Token {
     Token(UDP_BASE - j)
 }
@@ -197,7 +197,9 @@ pub struct Server {
     closing: Vec<usize>,
     /// Connections whose step asked for [`Resume::NextTurn`]: reading stopped
     /// at the per-event cap with input left, and no new edge will report
-    /// that input, so they are served again next turn.
+    /// that input, so they are served again next turn. UDP sockets stopped
+    /// at their cap are listed here too, by their token's value (at or
+    /// above `FIRST_FIXED`, so never a slab key), each at most once.
     next_turn: Vec<usize>,
     /// Connections whose step asked for [`Resume::WhenBudget`]: reading
     /// stopped because the memory budget was spent (or an allocation
@@ -217,6 +219,13 @@ pub struct Server {
     notifier: Notifier,
     /// When the server started, for uptime.
     started: Instant,
+    /// The `--udp` sockets, their shared reply budget and counters; the
+    /// sockets close at drain start, the counters stay.
+    udp: UdpSockets,
+    /// The clock for this turn's UDP events, read at the first one: one
+    /// read per wake-up that has any, none on a TCP-only turn. Cleared
+    /// before every poll.
+    udp_now: Option<Instant>,
 }
 
 impl Server {
@@ -266,6 +275,13 @@ impl Server {
                 .map_err(setup("the listener"))?;
         }
         let addrs = acceptor.addrs();
+        // docs/protocol.md "UDP echo (RFC 862)": bound after the TCP listeners.
+        let mut udp = UdpSockets::bind(&config, Instant::now())?;
+        for (j, socket) in udp.sockets_mut() {
+            poll.registry()
+                .register(socket, udp_token(j), Interest::READABLE)
+                .map_err(setup("a UDP socket"))?;
+        }
         Ok(Server {
             poll,
             acceptor,
@@ -288,6 +304,8 @@ impl Server {
             signals: None,
             notifier: Notifier::default(),
             started: Instant::now(),
+            udp,
+            udp_now: None,
             config,
         })
     }
@@ -295,6 +313,12 @@ impl Server {
     /// The addresses the listeners are bound to, with real ports.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The addresses the `--udp` sockets are bound to, with real ports
+    /// (empty without `--udp`); still answered after they close.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        self.udp.addrs()
     }
 
     /// A handle that starts the drain from any thread.
@@ -357,6 +381,7 @@ impl Server {
             } else {
                 None
             };
+            self.udp_now = None;
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -375,7 +400,11 @@ impl Server {
                     self.dispatch(event);
                 }
                 for key in again {
-                    self.serve(key, Readiness::READABLE);
+                    if key < FIRST_FIXED {
+                        self.serve(key, Readiness::READABLE);
+                    } else {
+                        self.udp_next_turn(key);
+                    }
                 }
             }
             self.remove_closed();
@@ -441,13 +470,13 @@ impl Server {
                     self.accept_ready(index, Admission::Limited);
                 }
             }
-            // Not registered yet: the take-over, health and UDP sources are
+            Source::Udp(j) => self.udp_ready(j),
+            // Not registered yet: the take-over and health sources are
             // wired in by their own changes; until then no token names them.
             Source::HandoverListener
             | Source::HandoverConnection
             | Source::HealthListener
             | Source::Health(_)
-            | Source::Udp(_)
             | Source::Unknown => {}
         }
     }
@@ -514,6 +543,40 @@ impl Server {
                 slot.closing = true;
                 self.closing.push(key);
             }
+        }
+    }
+
+    /// UDP socket `j` is readable: echo what it holds (docs/protocol.md "UDP
+    /// echo (RFC 862)"), listing it for next turn if it stopped at its cap.
+    /// Out of line: the TCP steady path never comes here.
+    #[inline(never)]
+    fn udp_ready(&mut self, j: usize) {
+        // One clock read per wake-up, for the reply budget's refill.
+        let now = *self.udp_now.get_or_insert_with(Instant::now);
+        if self.udp.on_readable(j, &mut self.ctx.buf, now) {
+            self.next_turn.push(udp_token(j).0);
+        }
+    }
+
+    /// A UDP socket listed in `next_turn` by its token's value: it stopped
+    /// at its cap last turn and no new edge reports what it left queued.
+    #[inline(never)]
+    fn udp_next_turn(&mut self, key: usize) {
+        let Source::Udp(j) = source(Token(key)) else {
+            return;
+        };
+        let now = *self.udp_now.get_or_insert_with(Instant::now);
+        if self.udp.on_next_turn(j, &mut self.ctx.buf, now) {
+            self.next_turn.push(key);
+        }
+    }
+
+    /// Closes the UDP sockets (the drain began, docs/protocol.md "UDP echo
+    /// (RFC 862)"): deregistered, then dropped; a datagram sent to them now
+    /// gets ICMP port unreachable. Their counters are kept.
+    fn close_udp(&mut self) {
+        for mut socket in self.udp.close() {
+            let _ = self.poll.registry().deregister(&mut socket);
         }
     }
 
@@ -702,6 +765,7 @@ impl Server {
             self.accept_ready(index, Admission::Backlog);
         }
         self.close_listeners();
+        self.close_udp();
         info!(
             "drain started: reason={reason} connections={} deadline={:?}",
             self.slots.len(),
@@ -802,14 +866,15 @@ impl Server {
             State::Stopped { .. } => "stopped",
         };
         info!(
-            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s log_lines_dropped={} notifications_dropped={}",
+            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s log_lines_dropped={} notifications_dropped={}{}",
             self.slots.len(),
             self.stats.accepted,
             self.ctx.bytes_echoed,
             self.ctx.budget.charged(),
             self.started.elapsed().as_secs_f64(),
             crate::logging::lines_dropped(),
-            self.notifier.dropped()
+            self.notifier.dropped(),
+            LogFields(self.udp.configured_stats())
         );
     }
 
@@ -821,6 +886,7 @@ impl Server {
         };
         self.stats.bytes_echoed = self.ctx.bytes_echoed;
         self.stats.log_lines_dropped = crate::logging::lines_dropped() as u64;
+        self.stats.udp = self.udp.stats();
         let summary = Summary {
             reason,
             end,
@@ -833,13 +899,14 @@ impl Server {
         };
         let s = &summary.stats;
         info!(
-            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={}",
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={}{}",
             s.left,
             s.closed_at_deadline,
             s.closed_forced,
             s.accepted,
             s.bytes_echoed,
-            s.log_lines_dropped
+            s.log_lines_dropped,
+            LogFields(self.udp.configured_stats())
         );
         summary
     }

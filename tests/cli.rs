@@ -243,6 +243,8 @@ fn help_lists_every_option_and_exits_0() {
         "--reuse-port",
         "--pid-file",
         "--log-level",
+        "--udp",
+        "--udp-max-rate",
         "--help",
         "--version",
     ] {

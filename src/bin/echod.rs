@@ -78,6 +78,11 @@ fn run() -> Result<ExitCode, Error> {
     for addr in server.local_addrs() {
         echod::logging::announce(format_args!("listening on {addr} pid={pid}"));
     }
+    // UDP echo (docs/protocol.md "UDP echo (RFC 862)"): one line per socket,
+    // after every TCP line, so a reader of TCP lines finds them first.
+    for addr in server.udp_addrs() {
+        echod::logging::announce(format_args!("listening on {addr} proto=udp pid={pid}"));
+    }
     server.run()?;
     Ok(ExitCode::SUCCESS)
 }
