@@ -21,8 +21,10 @@ What it does (docs/benchmarks.md "UDP echo"):
   so drift cancels out of the ratios; a server's figures are the sums over
   its runs. echod runs with --udp-max-rate 4294967295: the limit is
   measured by the tests, not here.
-- Idle RSS: VmRSS of echod without and with --udp, half a second after its
-  readiness lines, alternating, three times each; the medians.
+- Idle RSS: VmRSS and RssAnon of echod without and with --udp, half a
+  second after its readiness lines, alternating, five times each; the
+  medians. RssAnon is the heap and stacks: VmRSS also counts the pages of
+  the binary and libraries that start-up happened to touch.
 
 Prints markdown tables and the raw client lines, and writes them to
 target/udp-bench/latest.md. xinetd needs root and the xinetd package; when
@@ -185,16 +187,20 @@ def throughput(args, servers, report):
 
 
 def rss_kib(pid):
+    """VmRSS and RssAnon (the heap and stacks, without the binary's and
+    libraries' pages) of a process, in KiB."""
+    fields = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon"):
+                fields[key] = int(value.split()[0])
+    return fields["VmRSS"], fields["RssAnon"]
 
 
 def idle_rss(report):
     samples = {False: [], True: []}
-    for _ in range(3):
+    for _ in range(5):
         for udp in (False, True):
             server = Server("echod", udp=udp)
             try:
@@ -202,13 +208,14 @@ def idle_rss(report):
                 samples[udp].append(rss_kib(server.pid))
             finally:
                 server.stop()
-    without, with_udp = statistics.median(samples[False]), statistics.median(samples[True])
     report.line("### Idle RSS")
     report.line("")
-    report.line("| echod | VmRSS KiB (median of 3) | samples |")
-    report.line("|---|---:|---|")
-    report.line(f"| `--listen 127.0.0.1:0` | {without:.0f} | {samples[False]} |")
-    report.line(f"| `--listen 127.0.0.1:0 --udp 127.0.0.1:0` | {with_udp:.0f} | {samples[True]} |")
+    report.line("| echod | VmRSS KiB (median of 5) | RssAnon KiB (median) | VmRSS samples |")
+    report.line("|---|---:|---:|---|")
+    for udp, label in ((False, "`--listen 127.0.0.1:0`"), (True, "`--listen 127.0.0.1:0 --udp 127.0.0.1:0`")):
+        rss = [r for r, _ in samples[udp]]
+        anon = [a for _, a in samples[udp]]
+        report.line(f"| {label} | {statistics.median(rss):.0f} | {statistics.median(anon):.0f} | {rss} |")
     report.line("")
 
 
