@@ -229,15 +229,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Creates the `Poll`, binds every `config.listen` address and registers
-    /// them. Nothing is accepted until [`Server::run`]. The library reads no
-    /// environment variable, raises no limit and installs no handler here.
+    /// Creates the `Poll`, binds every `config.listen` address, then every
+    /// `config.udp` address, and registers them. Nothing is accepted or
+    /// echoed until [`Server::run`]. The library reads no environment
+    /// variable, raises no limit and installs no handler here.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an invalid config, [`Error::Listen`] when an
-    /// address cannot be bound, [`Error::Setup`] when the `Poll` or waker
-    /// cannot be created.
+    /// [`Error::Usage`] for an invalid config, [`Error::Listen`] when an
+    /// address cannot be bound ([`Error::ListenUdp`] for a UDP one),
+    /// [`Error::Setup`] when the `Poll` or waker cannot be created.
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate()?;
         let acceptor = Acceptor::bind(&config)?;
@@ -248,13 +249,15 @@ impl Server {
     /// already has (a service manager's, or another instance's in a
     /// take-over) instead of binding `config.listen`, which becomes their
     /// addresses. The sockets are the server's from here on: it closes them
-    /// when the drain begins.
+    /// when the drain begins. The `config.udp` addresses are bound here,
+    /// as [`Server::bind`] binds them.
     ///
     /// # Errors
     ///
     /// [`Error::Inherit`] when there is no socket or one has no address,
-    /// [`Error::Config`] for an invalid config, [`Error::Setup`] when the
-    /// `Poll` or waker cannot be created.
+    /// [`Error::Usage`] for an invalid config, [`Error::ListenUdp`] when a
+    /// UDP address cannot be bound, [`Error::Setup`] when the `Poll` or
+    /// waker cannot be created.
     pub fn from_listeners(
         mut config: Config,
         sockets: Vec<std::net::TcpListener>,

@@ -243,6 +243,32 @@ fn the_drain_closes_the_udp_sockets_and_the_final_line_counts_them() {
     assert_eq!(field(&last, "udp_dropped_rate"), 0, "{last}");
 }
 
+#[test]
+fn udp_is_served_through_the_lame_duck_and_closed_when_the_drain_begins() {
+    let mut echod = Echod::spawn(&["--udp", "127.0.0.1:0", "--drain-delay", "30"]);
+    let client = client("127.0.0.1:0");
+    client
+        .connect(echod.udp_addr())
+        .expect("connect the UDP client");
+    let mut buf = [0; 64];
+    echod.signal(libc::SIGTERM);
+    echod.wait_for_line("lame duck started", LIMIT);
+    client.send(b"lame duck").expect("send");
+    let len = client.recv(&mut buf).expect("an echo during the lame duck");
+    assert_eq!(&buf[..len], b"lame duck");
+    // A second signal starts the drain at once, and with it the close.
+    echod.signal(libc::SIGTERM);
+    echod.wait_for_line("drain started", LIMIT);
+    let refused = client
+        .send(b"draining")
+        .and_then(|_| client.recv(&mut buf).map(|_| ()));
+    match refused {
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+        other => echod.fail(&format!("a datagram after drain start got {other:?}")),
+    }
+    assert!(echod.wait_exit(LIMIT).success());
+}
+
 /// Runs echod with `args` to its exit (it must not start serving) and
 /// returns its exit code and stderr lines.
 #[track_caller]
