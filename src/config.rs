@@ -58,6 +58,13 @@ pub struct Config {
     /// `None` (the default) for no health listener. Its connections are never
     /// clients (docs/protocol.md "Lame duck and health").
     pub health: Option<SocketAddr>,
+    /// UDP echo addresses (RFC 862), each its own socket; port 0 picks a
+    /// free port; empty (the default) serves no UDP. At most
+    /// [`MAX_UDP_SOCKETS`].
+    pub udp: Vec<SocketAddr>,
+    /// UDP replies a second over all `udp` sockets together, the reflection
+    /// guard's budget (docs/protocol.md "UDP echo (RFC 862)"); at least 1.
+    pub udp_max_rate: u32,
 }
 
 impl Default for Config {
@@ -73,6 +80,8 @@ impl Default for Config {
             backlog: 1024,
             reuse_port: false,
             health: None,
+            udp: Vec::new(),
+            udp_max_rate: 10_000,
         }
     }
 }
@@ -125,6 +134,23 @@ impl Config {
                 "backlog",
                 Some(self.backlog.to_string()),
                 "must be 1 to 2147483647",
+            ));
+        }
+        if self.udp.len() > MAX_UDP_SOCKETS {
+            return Err(ConfigError::new(
+                "udp",
+                Some(self.udp.len().to_string()),
+                "at most 256 addresses",
+            ));
+        }
+        // docs/protocol.md "UDP echo (RFC 862)": the rate limit is a
+        // reflection guard, so there is no "0 = off"; a large N is the way
+        // to (nearly) lift it.
+        if self.udp_max_rate == 0 {
+            return Err(ConfigError::new(
+                "udp_max_rate",
+                Some("0".into()),
+                "must be at least 1: the limit guards against reflection",
             ));
         }
         // The health listener beside an echo listener on one port would be
@@ -253,5 +279,20 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_embedder_cannot_turn_the_udp_rate_limit_off_or_exceed_the_sockets() {
+        let config = Config {
+            udp_max_rate: 0,
+            ..Config::default()
+        };
+        assert_eq!(config.validate().unwrap_err().field(), "udp_max_rate");
+        let config = Config {
+            udp: vec![DEFAULT_LISTEN; MAX_UDP_SOCKETS + 1],
+            ..Config::default()
+        };
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.to_string(), "udp = \"257\": at most 256 addresses");
     }
 }

@@ -26,10 +26,10 @@ pub enum Error {
         /// What the OS said.
         source: io::Error,
     },
-    /// A listener other than an echo listener (`purpose`: `health`) could
-    /// not be created, bound or put into listening state.
+    /// A listener other than an echo listener (`purpose`: `health`, `udp`)
+    /// could not be created, bound or put into listening state.
     ListenFor {
-        /// What the listener is for, as the message names it: `health`.
+        /// What the listener is for, as the message names it: `health`, `udp`.
         purpose: &'static str,
         /// The address we tried to listen on.
         addr: SocketAddr,

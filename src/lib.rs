@@ -35,8 +35,9 @@
 //! - `health.rs`: the `--health` listener (`/livez`, `/readyz`, `/metrics`)
 //!   on the same `Poll`; `health/conn.rs` one exchange, `health/metrics.rs`
 //!   the text format.
-//! - `udp.rs`, `idle.rs`, `per_ip.rs`: UDP echo, the idle timeout and the
-//!   per-address limit.
+//! - `udp.rs`: UDP echo (`--udp`, RFC 862), its reflection guards and
+//!   counters ([`UdpStats`]); `udp/sockets.rs`: a server's set of them.
+//! - `idle.rs`, `per_ip.rs`: the idle timeout and the per-address limit.
 //! - `sys.rs`: the only `unsafe` and libc-level code, and no policy.
 //! - `error.rs`: [`Error`] for start-up and loop-fatal failures.
 //!
@@ -90,10 +91,6 @@ mod shutdown;
 mod signals;
 mod stats;
 mod sys;
-// UDP echo (docs/protocol.md "UDP echo (RFC 862)"), phase 1 of issue 12: the
-// sockets, guards and counters stand alone and are unit-tested; nothing
-// calls them until server.rs registers the `--udp` sockets (phase 2).
-#[allow(dead_code)]
 mod udp;
 
 pub use config::{Config, ConfigError};
@@ -104,6 +101,7 @@ pub use server::Server;
 pub use shutdown::ShutdownHandle;
 pub use signals::SignalWatcher;
 pub use stats::{Stats, Summary};
+pub use udp::{DropReason, UdpStats};
 
 /// Raises this process's soft limit on open descriptors (`RLIMIT_NOFILE`)
 /// to its hard limit and returns the new soft limit: each connection is a

@@ -29,6 +29,7 @@ use crate::notify::Notifier;
 use crate::shutdown::ShutdownHandle;
 use crate::signals::SignalWatcher;
 use crate::stats::{Stats, Summary};
+use crate::udp::{LogFields, UdpSockets};
 
 // Take-over (docs/protocol.md "Operations"): `offer_take_over` and the
 // handover listener's events, in a file of their own.
@@ -87,7 +88,6 @@ fn health_token(k: usize) -> Token {
 }
 
 /// UDP socket `j`'s token.
-#[allow(dead_code)] // Used once UDP is wired in.
 fn udp_token(j: usize) -> Token {
     Token(UDP_BASE - j)
 }
@@ -207,7 +207,9 @@ pub struct Server {
     closing: Vec<usize>,
     /// Connections whose step asked for [`Resume::NextTurn`]: reading stopped
     /// at the per-event cap with input left, and no new edge will report
-    /// that input, so they are served again next turn.
+    /// that input, so they are served again next turn. UDP sockets stopped
+    /// at their cap are listed here too, by their token's value (at or
+    /// above `FIRST_FIXED`, so never a slab key), each at most once.
     next_turn: Vec<usize>,
     /// Connections whose step asked for [`Resume::WhenBudget`]: reading
     /// stopped because the memory budget was spent (or an allocation
@@ -242,18 +244,26 @@ pub struct Server {
     /// every turn of the loop: this field costs the steady path 3
     /// instructions per round trip, asking `health` there cost 9 (callgrind).
     health_wakeup: Option<Instant>,
+    /// The `--udp` sockets, their shared reply budget and counters; the
+    /// sockets close at drain start, the counters stay.
+    udp: UdpSockets,
+    /// The clock for this turn's UDP events, read at the first one: one
+    /// read per wake-up that has any, none on a TCP-only turn. Cleared
+    /// before every poll.
+    udp_now: Option<Instant>,
 }
 
 impl Server {
-    /// Creates the `Poll`, binds every `config.listen` address and registers
-    /// them. Nothing is accepted until [`Server::run`]. The library reads no
-    /// environment variable, raises no limit and installs no handler here.
+    /// Creates the `Poll`, binds every `config.listen` address, then every
+    /// `config.udp` address, and registers them. Nothing is accepted or
+    /// echoed until [`Server::run`]. The library reads no environment
+    /// variable, raises no limit and installs no handler here.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for an invalid config, [`Error::Listen`] when an
-    /// address cannot be bound, [`Error::Setup`] when the `Poll` or waker
-    /// cannot be created.
+    /// [`Error::Usage`] for an invalid config, [`Error::Listen`] when an
+    /// address cannot be bound ([`Error::ListenUdp`] for a UDP one),
+    /// [`Error::Setup`] when the `Poll` or waker cannot be created.
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate()?;
         let acceptor = Acceptor::bind(&config)?;
@@ -264,13 +274,15 @@ impl Server {
     /// already has (a service manager's, or another instance's in a
     /// take-over) instead of binding `config.listen`, which becomes their
     /// addresses. The sockets are the server's from here on: it closes them
-    /// when the drain begins.
+    /// when the drain begins. The `config.udp` addresses are bound here,
+    /// as [`Server::bind`] binds them.
     ///
     /// # Errors
     ///
     /// [`Error::Inherit`] when there is no socket or one has no address,
-    /// [`Error::Config`] for an invalid config, [`Error::Setup`] when the
-    /// `Poll` or waker cannot be created.
+    /// [`Error::Usage`] for an invalid config, [`Error::ListenUdp`] when a
+    /// UDP address cannot be bound, [`Error::Setup`] when the `Poll` or
+    /// waker cannot be created.
     pub fn from_listeners(
         mut config: Config,
         sockets: Vec<std::net::TcpListener>,
@@ -292,6 +304,13 @@ impl Server {
         }
         let addrs = acceptor.addrs();
         let health = bind_health(&config, &poll)?;
+        // docs/protocol.md "UDP echo (RFC 862)": bound after the TCP listeners.
+        let mut udp = UdpSockets::bind(&config, Instant::now())?;
+        for (j, socket) in udp.sockets_mut() {
+            poll.registry()
+                .register(socket, udp_token(j), Interest::READABLE)
+                .map_err(setup("a UDP socket"))?;
+        }
         Ok(Server {
             poll,
             acceptor,
@@ -318,6 +337,8 @@ impl Server {
             handover_deadline: None,
             health,
             health_wakeup: None,
+            udp,
+            udp_now: None,
             config,
         })
     }
@@ -331,6 +352,12 @@ impl Server {
     /// asked for one; it logs its own `listening on ... proto=http` line.
     pub fn health_addr(&self) -> Option<SocketAddr> {
         self.health.as_ref().map(Health::local_addr)
+    }
+
+    /// The addresses the `--udp` sockets are bound to, with real ports
+    /// (empty without `--udp`); still answered after they close.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        self.udp.addrs()
     }
 
     /// A handle that starts the drain from any thread.
@@ -394,6 +421,7 @@ impl Server {
             } else {
                 None
             };
+            self.udp_now = None;
             if let Err(err) = self.poll.poll(&mut events, timeout) {
                 if err.kind() == std::io::ErrorKind::Interrupted {
                     continue;
@@ -412,7 +440,11 @@ impl Server {
                     self.dispatch(event);
                 }
                 for key in again {
-                    self.serve(key, Readiness::READABLE);
+                    if key < FIRST_FIXED {
+                        self.serve(key, Readiness::READABLE);
+                    } else {
+                        self.udp_next_turn(key);
+                    }
                 }
             }
             self.remove_closed();
@@ -488,9 +520,9 @@ impl Server {
             Source::HandoverConnection => self.on_handover_connection(),
             Source::HealthListener => self.health_accept(Instant::now()),
             Source::Health(k) => self.health_ready(k),
-            // Not registered yet: UDP is wired in by its own change; until
-            // then no token names it.
-            Source::Udp(_) | Source::Unknown => {}
+            Source::Udp(j) => self.udp_ready(j),
+            // A token no source was given: a spurious event.
+            Source::Unknown => {}
         }
     }
 
@@ -556,6 +588,40 @@ impl Server {
                 slot.closing = true;
                 self.closing.push(key);
             }
+        }
+    }
+
+    /// UDP socket `j` is readable: echo what it holds (docs/protocol.md "UDP
+    /// echo (RFC 862)"), listing it for next turn if it stopped at its cap.
+    /// Out of line: the TCP steady path never comes here.
+    #[inline(never)]
+    fn udp_ready(&mut self, j: usize) {
+        // One clock read per wake-up, for the reply budget's refill.
+        let now = *self.udp_now.get_or_insert_with(Instant::now);
+        if self.udp.on_readable(j, &mut self.ctx.buf, now) {
+            self.next_turn.push(udp_token(j).0);
+        }
+    }
+
+    /// A UDP socket listed in `next_turn` by its token's value: it stopped
+    /// at its cap last turn and no new edge reports what it left queued.
+    #[inline(never)]
+    fn udp_next_turn(&mut self, key: usize) {
+        let Source::Udp(j) = source(Token(key)) else {
+            return;
+        };
+        let now = *self.udp_now.get_or_insert_with(Instant::now);
+        if self.udp.on_next_turn(j, &mut self.ctx.buf, now) {
+            self.next_turn.push(key);
+        }
+    }
+
+    /// Closes the UDP sockets (the drain began, docs/protocol.md "UDP echo
+    /// (RFC 862)"): deregistered, then dropped; a datagram sent to them now
+    /// gets ICMP port unreachable. Their counters are kept.
+    fn close_udp(&mut self) {
+        for mut socket in self.udp.close() {
+            let _ = self.poll.registry().deregister(&mut socket);
         }
     }
 
@@ -755,6 +821,7 @@ impl Server {
             self.accept_ready(index, Admission::Backlog);
         }
         self.close_listeners();
+        self.close_udp();
         info!(
             "drain started: reason={reason} connections={} deadline={:?}",
             self.slots.len(),
@@ -862,7 +929,7 @@ impl Server {
         };
         let s = &self.stats;
         info!(
-            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s closed_by_peer={} closed_on_error={} idle_closed={} rejected_per_ip={} log_lines_dropped={} notifications_dropped={}",
+            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s closed_by_peer={} closed_on_error={} idle_closed={} rejected_per_ip={} log_lines_dropped={} notifications_dropped={}{}",
             self.slots.len(),
             s.accepted,
             self.ctx.bytes_echoed,
@@ -873,7 +940,8 @@ impl Server {
             s.idle_closed,
             s.rejected_per_ip,
             crate::log_lines_dropped(),
-            self.notifier.dropped()
+            self.notifier.dropped(),
+            LogFields(self.udp.configured_stats())
         );
     }
 
@@ -941,10 +1009,12 @@ impl Server {
             bytes_echoed: self.ctx.bytes_echoed,
             pending_bytes: self.ctx.budget.charged() as u64,
             log_lines_dropped: crate::log_lines_dropped() as u64,
-            // UDP (issue 12): `Some(UdpCounters { .. })` from the UDP
-            // sockets' counters once they are wired; `None` emits no UDP
-            // metric.
-            udp: None,
+            // `None` without --udp: a server that serves no UDP shows no
+            // UDP metric.
+            udp: self
+                .udp
+                .configured_stats()
+                .map(crate::udp::UdpStats::to_metrics),
         }
     }
 
@@ -956,6 +1026,7 @@ impl Server {
         };
         self.stats.bytes_echoed = self.ctx.bytes_echoed;
         self.stats.log_lines_dropped = crate::log_lines_dropped() as u64;
+        self.stats.udp = self.udp.stats();
         let summary = Summary {
             reason,
             end,
@@ -968,13 +1039,14 @@ impl Server {
         };
         let s = &summary.stats;
         info!(
-            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={}",
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={}{}",
             s.left,
             s.closed_at_deadline,
             s.closed_forced,
             s.accepted,
             s.bytes_echoed,
-            s.log_lines_dropped
+            s.log_lines_dropped,
+            LogFields(self.udp.configured_stats())
         );
         summary
     }

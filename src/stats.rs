@@ -9,6 +9,7 @@
 use crate::connection::Closed;
 use crate::drain::{DrainEnd, DrainReason};
 use crate::health::CloseReason;
+use crate::udp::UdpStats;
 
 /// Counters kept over the server's life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,6 +42,9 @@ pub struct Stats {
     /// (docs/protocol.md "Logs and notifications are best effort"); 0 unless
     /// echod's own logger is installed.
     pub log_lines_dropped: u64,
+    /// The UDP echo's counters over every `--udp` socket (docs/protocol.md
+    /// "UDP echo (RFC 862)"); all zero without `--udp`.
+    pub udp: UdpStats,
 }
 
 impl Stats {

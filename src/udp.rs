@@ -141,6 +141,21 @@ impl UdpStats {
         DropReason::ALL.iter().map(|&r| self.dropped(r)).sum()
     }
 
+    /// The counters as the health listener's `/metrics` lists them
+    /// (docs/protocol.md "Lame duck and health"). The hook for wiring the
+    /// health listener in: its snapshot's `udp` is
+    /// `server.udp.configured_stats().map(UdpStats::to_metrics)`.
+    pub(crate) fn to_metrics(self) -> crate::health::UdpCounters {
+        crate::health::UdpCounters {
+            received: self.received,
+            echoed: self.echoed,
+            dropped: DropReason::ALL
+                .iter()
+                .map(|&reason| (reason.as_str(), self.dropped(reason)))
+                .collect(),
+        }
+    }
+
     fn count_drop(&mut self, reason: DropReason) {
         let counter = match reason {
             DropReason::LowPort => &mut self.dropped_low_port,
@@ -190,7 +205,8 @@ impl std::iter::Sum for UdpStats {
 /// would multiply the limit by the number of `--udp` addresses.
 #[derive(Debug, Clone)]
 pub(crate) struct RateLimit {
-    /// Replies a second; 0 means no limit (like the other "0 = off" limits).
+    /// Replies a second; 0 means no limit. A server never has 0:
+    /// `Config::validate` refuses it, as the limit is a reflection guard.
     rate: u64,
     /// The bucket's capacity in [`UNIT`]s: one second's worth, `rate * UNIT`.
     capacity: u64,
@@ -252,7 +268,8 @@ impl RateLimit {
         self.units = self.units.saturating_add(UNIT).min(self.capacity);
     }
 
-    /// Whole replies the bucket allows right now (for tests and the stats line).
+    /// Whole replies the bucket allows right now.
+    #[cfg(test)]
     pub(crate) fn available(&self) -> u64 {
         if self.rate == 0 {
             u64::MAX
@@ -313,6 +330,12 @@ impl UdpEcho {
     /// deregister before dropping this at drain start).
     pub(crate) fn socket_mut(&mut self) -> &mut mio::net::UdpSocket {
         &mut self.socket
+    }
+
+    /// The socket, for the server to deregister and drop (drain start);
+    /// read [`UdpEcho::stats`] first, they go with this.
+    pub(crate) fn into_socket(self) -> mio::net::UdpSocket {
+        self.socket
     }
 }
 
@@ -459,6 +482,9 @@ pub(crate) fn reflection_risk(source: SocketAddr) -> Option<DropReason> {
 fn is_bad_v4(ip: Ipv4Addr) -> bool {
     ip.is_broadcast() || ip.is_multicast() || ip.is_unspecified()
 }
+
+mod sockets;
+pub(crate) use sockets::{LogFields, UdpSockets};
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Zero heap allocations per echoed message once connections are
 //! established (docs/protocol.md "Running": "No allocation per message on the steady
-//! path"). A counting global allocator counts only the server thread's
+//! path"), and per echoed UDP datagram (docs/protocol.md "UDP echo (RFC
+//! 862)"). A counting global allocator counts only the server thread's
 //! allocations; the clients run on other threads and are not counted.
 
 mod common;
@@ -59,23 +60,41 @@ fn round_trips(clients: &mut [std::net::TcpStream], rounds: usize) {
     }
 }
 
+/// Sends `rounds` datagrams of 64 bytes and waits for each echo.
+fn datagram_round_trips(client: &std::net::UdpSocket, server: std::net::SocketAddr, rounds: usize) {
+    let msg = [0xa5u8; 64];
+    let mut back = [0u8; 128];
+    for _ in 0..rounds {
+        client.send_to(&msg, server).unwrap();
+        let (len, from) = client.recv_from(&mut back).unwrap();
+        assert_eq!((&back[..len], from), (&msg[..], server));
+    }
+}
+
+// One test, TCP and UDP on the same server: the counter is global, so two
+// servers in parallel tests would count each other's allocations.
 #[test]
 fn echoing_allocates_nothing_per_message_once_connections_are_established() {
     let config = echod::Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        udp: vec!["127.0.0.1:0".parse().unwrap()],
         drain_timeout: Duration::from_secs(10),
         ..echod::Config::default()
     };
     let server = echod::Server::bind(config).unwrap();
     let addr = server.local_addrs()[0];
+    let udp = server.udp_addrs()[0];
     let handle = server.shutdown_handle();
     let loop_thread = std::thread::spawn(move || {
         IS_SERVER.with(|s| s.set(true));
         server.run()
     });
     let mut clients: Vec<_> = (0..16).map(|_| common::connect(addr)).collect();
+    let datagrams = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    datagrams.set_read_timeout(Some(common::LIMIT)).unwrap();
     // Warm up: accepts, slab growth, first events.
     round_trips(&mut clients, 200);
+    datagram_round_trips(&datagrams, udp, 200);
     let before = SERVER_ALLOCS.load(Ordering::SeqCst);
     // The counter works: start-up and accepting (slab growth) did allocate.
     assert!(
@@ -83,11 +102,12 @@ fn echoing_allocates_nothing_per_message_once_connections_are_established() {
         "the counting allocator saw no server allocation at all"
     );
     round_trips(&mut clients, 2_000);
+    datagram_round_trips(&datagrams, udp, 2_000);
     let after = SERVER_ALLOCS.load(Ordering::SeqCst);
     assert_eq!(
         after - before,
         0,
-        "the server allocated {} times over {} echoed messages",
+        "the server allocated {} times over {} echoed messages and 2000 datagrams",
         after - before,
         16 * 2_000
     );

@@ -236,6 +236,8 @@ fn help_lists_every_option_and_exits_0() {
         "--take-over",
         "--pid-file",
         "--log-level",
+        "--udp",
+        "--udp-max-rate",
         "--help",
         "--version",
     ] {

@@ -24,6 +24,8 @@ pub struct Echod {
     /// Every stderr line seen so far.
     pub seen: Vec<String>,
     addrs: Vec<SocketAddr>,
+    /// The UDP sockets' addresses, from their `listening on ... proto=udp` lines.
+    udp_addrs: Vec<SocketAddr>,
     status: Option<ExitStatus>,
 }
 
@@ -60,9 +62,11 @@ impl Echod {
     }
 
     /// Spawns a prepared command (stderr is captured here) and waits for
-    /// `listeners` readiness lines.
+    /// `listeners` TCP readiness lines, and for one `proto=udp` line per
+    /// `--udp` argument of `cmd`.
     #[track_caller]
     pub fn spawn_command(mut cmd: Command, listeners: usize) -> Echod {
+        let udp_sockets = count_udp_args(&cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -89,13 +93,33 @@ impl Echod {
             lines: rx,
             seen: Vec::new(),
             addrs: Vec::new(),
+            udp_addrs: Vec::new(),
             status: None,
         };
-        while echod.addrs.len() < listeners {
+        // The binary prints every TCP line before the first UDP one.
+        while echod.addrs.len() < listeners || echod.udp_addrs.len() < udp_sockets {
             let line = echod.next_line_matching("listening on ", LIMIT);
-            echod.addrs.push(parse_listening(&line));
+            if line.contains(" proto=udp ") {
+                echod.udp_addrs.push(parse_listening(&line));
+            } else {
+                echod.addrs.push(parse_listening(&line));
+            }
         }
         echod
+    }
+
+    /// Every UDP socket's address (`--udp`), in the order given.
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp_addrs
+    }
+
+    /// The first UDP socket's address.
+    #[track_caller]
+    pub fn udp_addr(&self) -> SocketAddr {
+        match self.udp_addrs.first() {
+            Some(&addr) => addr,
+            None => self.fail("has no UDP socket (no --udp argument)"),
+        }
     }
 
     /// The first listener's address, from its `listening on` line.
@@ -258,6 +282,13 @@ pub fn field(line: &str, key: &str) -> u64 {
         .next()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no number after {key}= in {line:?}"))
+}
+
+/// How many `--udp ADDR` / `--udp=ADDR` arguments a command has.
+fn count_udp_args(cmd: &Command) -> usize {
+    cmd.get_args()
+        .filter(|a| *a == "--udp" || a.to_string_lossy().starts_with("--udp="))
+        .count()
 }
 
 /// The address in a `listening on IP:PORT` line.

@@ -141,6 +141,10 @@ Options:
       --health ADDR             serve GET /livez, /readyz (503 from the first drain signal on)
                                 and /metrics (Prometheus) over HTTP on ADDR [default: off];
                                 its connections are never counted as clients
+      --udp ADDR                also echo UDP datagrams (RFC 862) on ADDR, repeatable [default: none]
+                                (port 0 picks a free port; the log says which)
+      --udp-max-rate N          UDP replies a second over all --udp sockets, at least 1: a guard
+                                against reflection, like ignoring source ports below 1024 [default: 10000]
   -h, --help                    print this help
   -V, --version                 print the version
 
@@ -180,7 +184,7 @@ where
         match arg {
             Long("listen") => {
                 let value = string_value(&mut parser, "--listen")?;
-                listen.extend(parse_listen(&value)?);
+                listen.extend(parse_addr("--listen", &value)?);
             }
             Long("drain-timeout") => {
                 let value = string_value(&mut parser, "--drain-timeout")?;
@@ -236,6 +240,14 @@ where
                 check_socket_path("--take-over", &value, false)?;
                 options.take_over = Some(value);
             }
+            Long("udp") => {
+                let value = string_value(&mut parser, "--udp")?;
+                config.udp.extend(parse_addr("--udp", &value)?);
+            }
+            Long("udp-max-rate") => {
+                let value = string_value(&mut parser, "--udp-max-rate")?;
+                config.udp_max_rate = parse_count("--udp-max-rate", &value)?;
+            }
             Long("health") => {
                 let value = string_value(&mut parser, "--health")?;
                 config.health = Some(parse_health(&value)?);
@@ -274,14 +286,15 @@ fn string_value(parser: &mut lexopt::Parser, flag: &str) -> Result<String, Usage
         .map_err(|raw| UsageError::new(flag, &raw.to_string_lossy(), "is not valid UTF-8"))
 }
 
-/// Parses `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (resolved now, every address kept).
-fn parse_listen(value: &str) -> Result<Vec<SocketAddr>, UsageError> {
+/// Parses `flag`'s `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (resolved now,
+/// every address kept).
+fn parse_addr(flag: &str, value: &str) -> Result<Vec<SocketAddr>, UsageError> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
         return Ok(vec![addr]);
     }
     if !value.contains(':') {
         return Err(UsageError::new(
-            "--listen",
+            flag,
             value,
             "expected IP:PORT, e.g. 127.0.0.1:9999",
         ));
@@ -291,13 +304,13 @@ fn parse_listen(value: &str) -> Result<Vec<SocketAddr>, UsageError> {
             let mut addrs: Vec<SocketAddr> = addrs.collect();
             addrs.dedup();
             if addrs.is_empty() {
-                Err(UsageError::new("--listen", value, "name has no address"))
+                Err(UsageError::new(flag, value, "name has no address"))
             } else {
                 Ok(addrs)
             }
         }
         Err(_) => Err(UsageError::new(
-            "--listen",
+            flag,
             value,
             "expected IP:PORT or HOST:PORT that resolves",
         )),
@@ -622,6 +635,18 @@ mod tests {
                 &["--log-level", "loud"],
                 "--log-level \"loud\": expected error, warn",
             ),
+            (
+                &["--udp-max-rate", "0"],
+                "--udp-max-rate \"0\": must be at least 1: the limit guards against reflection",
+            ),
+            (
+                &["--udp-max-rate", "4294967296"],
+                "--udp-max-rate \"4294967296\": is too large",
+            ),
+            (
+                &["--udp", "nonsense"],
+                "--udp \"nonsense\": expected IP:PORT",
+            ),
             (&["--bogus"], "invalid option '--bogus'"),
             (&["--listen"], "missing argument for option '--listen'"),
             (&["stray"], "unexpected argument"),
@@ -703,5 +728,30 @@ mod tests {
     fn byte_sizes_overflowing_are_refused() {
         let err = run(&["--max-pending", "99999999999999999999G"]).unwrap_err();
         assert!(err.contains("--max-pending"), "{err}");
+    }
+
+    #[test]
+    fn udp_is_off_by_default_and_its_flags_set_their_fields() {
+        let config = run(&[]).unwrap();
+        assert!(config.udp.is_empty());
+        assert_eq!(config.udp_max_rate, 10_000);
+        let config = run(&[
+            "--udp",
+            "127.0.0.1:0",
+            "--udp=[::1]:7007",
+            "--udp-max-rate",
+            "50",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.udp,
+            vec![
+                "127.0.0.1:0".parse::<SocketAddr>().unwrap(),
+                "[::1]:7007".parse().unwrap()
+            ]
+        );
+        assert_eq!(config.udp_max_rate, 50);
+        // --udp does not replace the TCP listener's default.
+        assert_eq!(config.listen, Config::default().listen);
     }
 }

@@ -121,6 +121,11 @@ fn run() -> Result<ExitCode, Failure> {
     for addr in server.local_addrs() {
         echod::logging::announce(format_args!("listening on {addr} pid={pid}"));
     }
+    // UDP echo (docs/protocol.md "UDP echo (RFC 862)"): one line per socket,
+    // after every TCP line, so a reader of TCP lines finds them first.
+    for addr in server.udp_addrs() {
+        echod::logging::announce(format_args!("listening on {addr} proto=udp pid={pid}"));
+    }
     // The health listener's own line, after the echo listeners' (scripts
     // that count `listening on` lines count those first).
     if let Some(addr) = server.health_addr() {
