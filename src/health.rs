@@ -63,8 +63,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct Health {
     /// The listening socket; the server registers it (readable) and closes
-    /// it at exit by dropping this.
-    listener: TcpListener,
+    /// it at exit by dropping this. `None` once handed over to a new
+    /// instance ([`Health::close_listener`]): the open connections are
+    /// still answered, nothing new is accepted.
+    listener: Option<TcpListener>,
     /// Its local address, with the real port when port 0 was asked for.
     addr: SocketAddr,
     /// Open health connections; keys stay below [`MAX_CONNECTIONS`], since
@@ -104,7 +106,7 @@ impl Health {
     pub fn from_listener(listener: TcpListener) -> io::Result<Health> {
         let addr = listener.local_addr()?;
         Ok(Health {
-            listener,
+            listener: Some(listener),
             addr,
             conns: Slab::with_capacity(MAX_CONNECTIONS),
             closing: Vec::with_capacity(MAX_CONNECTIONS),
@@ -118,9 +120,25 @@ impl Health {
         self.addr
     }
 
-    /// The listening socket, for registration.
-    pub fn listener_mut(&mut self) -> &mut TcpListener {
-        &mut self.listener
+    /// The listening socket, for lending to a take-over; `None` once closed.
+    pub fn listener(&self) -> Option<&TcpListener> {
+        self.listener.as_ref()
+    }
+
+    /// The listening socket, for registration; `None` once closed.
+    pub fn listener_mut(&mut self) -> Option<&mut TcpListener> {
+        self.listener.as_mut()
+    }
+
+    /// Gives up the listening socket (the take-over passed it on,
+    /// docs/protocol.md "Operations"), for the server to deregister and
+    /// drop, which closes only this process's descriptor. The open
+    /// connections stay and are answered until they finish; nothing new is
+    /// accepted here.
+    pub fn close_listener(&mut self) -> Option<TcpListener> {
+        self.backoff_until = None;
+        self.at_limit = false;
+        self.listener.take()
     }
 
     /// Health connections open now (those closing in this batch included).
@@ -153,12 +171,15 @@ impl Health {
         if self.backoff_until.is_some() {
             return;
         }
+        let Some(listener) = self.listener.as_ref() else {
+            return; // handed over: the new instance accepts
+        };
         loop {
             if self.conns.len() >= MAX_CONNECTIONS {
                 self.at_limit = true;
                 return;
             }
-            match self.listener.accept() {
+            match listener.accept() {
                 Ok((mut stream, peer)) => {
                     let entry = self.conns.vacant_entry();
                     if let Err(err) = register(&mut stream, entry.key()) {
@@ -305,7 +326,11 @@ mod tests {
             let poll = Poll::new().expect("poll");
             let mut health = Health::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
             poll.registry()
-                .register(health.listener_mut(), LISTENER, Interest::READABLE)
+                .register(
+                    health.listener_mut().expect("open"),
+                    LISTENER,
+                    Interest::READABLE,
+                )
                 .expect("register the listener");
             Rig {
                 poll,
@@ -520,5 +545,43 @@ mod tests {
         assert!(rig.health.is_empty());
         rig.turn();
         assert_eq!(rig.health.next_wakeup(), None);
+    }
+
+    /// docs/protocol.md "Operations", take-over: the listener goes to the
+    /// new instance; a connection already open here is still answered.
+    #[test]
+    fn a_closed_listener_accepts_no_more_and_an_open_connection_is_still_answered() {
+        let mut rig = Rig::new();
+        let addr = rig.health.local_addr();
+        let mut first = std::net::TcpStream::connect(addr).expect("connect");
+        first
+            .write_all(b"GET /livez HTTP/1.1\r\n")
+            .expect("half a request");
+        rig.turn_until("the first connection", |rig| rig.health.len() == 1);
+        let mut listener = rig.health.close_listener().expect("the listener");
+        rig.poll
+            .registry()
+            .deregister(&mut listener)
+            .expect("deregister");
+        assert!(rig.health.close_listener().is_none(), "closed once");
+        // The socket lives on (the new instance holds it): a connect waits
+        // in its backlog, and this side takes it no more.
+        let _second = std::net::TcpStream::connect(addr).expect("connect");
+        rig.accept(Instant::now());
+        assert_eq!(rig.health.len(), 1, "nothing accepted once closed");
+        let finish = std::thread::spawn(move || {
+            // A safety net against a hang, not a way to synchronise.
+            first.set_read_timeout(Some(Duration::from_secs(20)))?;
+            first.write_all(b"Host: x\r\n\r\n")?;
+            let mut answer = Vec::new();
+            first.read_to_end(&mut answer)?;
+            Ok(answer)
+        });
+        rig.turn_until("the first connection's answer", |_| finish.is_finished());
+        let text = answer(finish);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        rig.turn_until("the connection's removal", |rig| rig.health.is_empty());
+        assert_eq!(rig.health.len(), 0);
+        drop(listener);
     }
 }

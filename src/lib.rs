@@ -6,7 +6,8 @@
 //!
 //! An embedder gets a handful of types: [`Config`] (validated, its errors
 //! naming the field: [`ConfigError`]), [`Server`] ([`Server::bind`], or
-//! [`Server::from_listeners`] for sockets the caller already has, then
+//! [`Server::from_listeners`] for TCP listeners the caller already has, or
+//! [`Server::from_sockets`] for every kind of socket ([`Sockets`]), then
 //! [`Server::run`] on the caller's thread), [`ShutdownHandle`] to start the
 //! drain from any thread, [`SignalWatcher`] to let the four drain signals do
 //! it, and what a run returns: [`Summary`], [`Stats`], [`DrainReason`],
@@ -97,7 +98,7 @@ pub use config::{Config, ConfigError};
 pub use drain::{DrainEnd, DrainReason};
 pub use error::Error;
 pub use handover::{Confirmation, TAKE_OVER_TIMEOUT, TakenOver};
-pub use server::Server;
+pub use server::{Server, Sockets};
 pub use shutdown::ShutdownHandle;
 pub use signals::SignalWatcher;
 pub use stats::{Stats, Summary};
@@ -161,12 +162,14 @@ fn log_lines_dropped() -> usize {
 /// receives every listening socket with its description (kind, family,
 /// address) by `SCM_RIGHTS`, and checks each. Blocks for at most `timeout`.
 ///
-/// Build the server from [`TakenOver::listeners`]
-/// ([`Server::from_listeners`]), then [`Confirmation::confirm`]: the
-/// running instance then drops its descriptors without disturbing the
-/// shared sockets and drains its own connections, so no connect is lost
-/// (docs/protocol.md "Operations", take-over). Until the confirmation it
-/// serves on untouched.
+/// Build the server from every socket received, [`TakenOver::sockets`]
+/// ([`Server::from_sockets`]: the TCP listeners, the UDP sockets and the
+/// health listener), then [`Confirmation::confirm`]: the running instance
+/// then drops its descriptors without disturbing the shared sockets and
+/// drains its own connections, so no connect is lost (docs/protocol.md
+/// "Operations", take-over). Until the confirmation it serves on
+/// untouched. A server built from some of them only would leave the rest
+/// to close with the running instance.
 ///
 /// # Errors
 ///

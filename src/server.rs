@@ -32,8 +32,12 @@ use crate::stats::{Stats, Summary};
 use crate::udp::{LogFields, UdpSockets};
 
 // Take-over (docs/protocol.md "Operations"): `offer_take_over` and the
-// handover listener's events, in a file of their own.
+// handover listener's events, in a file of their own; `from_sockets`, the
+// new instance's way in, in another.
 mod handover;
+mod sockets;
+
+pub use sockets::Sockets;
 
 // Tokens. A connection's token is its slab key; fixed sources take tokens
 // from the top of the range, which no slab reaches. `source` below is the
@@ -237,7 +241,8 @@ pub struct Server {
     /// it instead of 13 (callgrind).
     handover_deadline: Option<Instant>,
     /// The health listener and its connections (`--health`); open until
-    /// the server is dropped at exit, through the lame duck and the drain.
+    /// the server is dropped at exit, through the lame duck and the drain
+    /// (a take-over takes the listener earlier, server/handover.rs).
     health: Option<Health>,
     /// The health listener's [`Health::next_wakeup`] as of its last change,
     /// set after every call that changes `health`. `deadlines()` is read
@@ -254,35 +259,38 @@ pub struct Server {
 }
 
 impl Server {
-    /// Creates the `Poll`, binds every `config.listen` address, then every
-    /// `config.udp` address, and registers them. Nothing is accepted or
-    /// echoed until [`Server::run`]. The library reads no environment
-    /// variable, raises no limit and installs no handler here.
+    /// Creates the `Poll`, binds every `config.listen` address, then the
+    /// `config.health` address, then every `config.udp` address, and
+    /// registers them. Nothing is accepted or echoed until [`Server::run`].
+    /// The library reads no environment variable, raises no limit and
+    /// installs no handler here.
     ///
     /// # Errors
     ///
-    /// [`Error::Usage`] for an invalid config, [`Error::Listen`] when an
-    /// address cannot be bound ([`Error::ListenUdp`] for a UDP one),
-    /// [`Error::Setup`] when the `Poll` or waker cannot be created.
+    /// [`Error::Config`] for an invalid config, [`Error::Listen`] when an
+    /// address cannot be bound ([`Error::ListenFor`] for the health or a
+    /// UDP one), [`Error::Setup`] when the `Poll` or waker cannot be created.
     pub fn bind(config: Config) -> Result<Server, Error> {
         config.validate()?;
         let acceptor = Acceptor::bind(&config)?;
-        Server::new(config, acceptor)
+        Server::bind_the_rest(config, acceptor)
     }
 
     /// Like [`Server::bind`], but serves listening sockets the caller
     /// already has (a service manager's, or another instance's in a
     /// take-over) instead of binding `config.listen`, which becomes their
     /// addresses. The sockets are the server's from here on: it closes them
-    /// when the drain begins. The `config.udp` addresses are bound here,
-    /// as [`Server::bind`] binds them.
+    /// when the drain begins. The `config.health` and `config.udp`
+    /// addresses are bound here, as [`Server::bind`] binds them; to serve
+    /// sockets of those kinds too (a take-over's), use
+    /// [`Server::from_sockets`].
     ///
     /// # Errors
     ///
     /// [`Error::Inherit`] when there is no socket or one has no address,
-    /// [`Error::Usage`] for an invalid config, [`Error::ListenUdp`] when a
-    /// UDP address cannot be bound, [`Error::Setup`] when the `Poll` or
-    /// waker cannot be created.
+    /// [`Error::Config`] for an invalid config, [`Error::ListenFor`] when
+    /// the health or a UDP address cannot be bound, [`Error::Setup`] when
+    /// the `Poll` or waker cannot be created.
     pub fn from_listeners(
         mut config: Config,
         sockets: Vec<std::net::TcpListener>,
@@ -290,10 +298,25 @@ impl Server {
         let acceptor = Acceptor::adopt(sockets, &config)?;
         config.listen = acceptor.addrs();
         config.validate()?;
-        Server::new(config, acceptor)
+        Server::bind_the_rest(config, acceptor)
     }
 
-    fn new(config: Config, mut acceptor: Acceptor) -> Result<Server, Error> {
+    /// Binds the health listener, then the UDP sockets, after the TCP
+    /// listeners (docs/protocol.md "UDP echo (RFC 862)"), and builds the server.
+    fn bind_the_rest(config: Config, acceptor: Acceptor) -> Result<Server, Error> {
+        let health = bind_health(&config)?;
+        let udp = UdpSockets::bind(&config, Instant::now())?;
+        Server::new(config, acceptor, health, udp)
+    }
+
+    /// Creates the `Poll` and registers every socket given: the one place
+    /// a server is assembled, whether its sockets were bound or adopted.
+    fn new(
+        config: Config,
+        mut acceptor: Acceptor,
+        mut health: Option<Health>,
+        mut udp: UdpSockets,
+    ) -> Result<Server, Error> {
         let setup = |what| move |source| Error::Setup { what, source };
         let poll = Poll::new().map_err(setup("the event loop"))?;
         let waker = Waker::new(poll.registry(), WAKER_TOKEN).map_err(setup("the waker"))?;
@@ -303,9 +326,11 @@ impl Server {
                 .map_err(setup("the listener"))?;
         }
         let addrs = acceptor.addrs();
-        let health = bind_health(&config, &poll)?;
-        // docs/protocol.md "UDP echo (RFC 862)": bound after the TCP listeners.
-        let mut udp = UdpSockets::bind(&config, Instant::now())?;
+        if let Some(listener) = health.as_mut().and_then(Health::listener_mut) {
+            poll.registry()
+                .register(listener, HEALTH_LISTENER_TOKEN, Interest::READABLE)
+                .map_err(setup("the health listener"))?;
+        }
         for (j, socket) in udp.sockets_mut() {
             poll.registry()
                 .register(socket, udp_token(j), Interest::READABLE)
@@ -618,7 +643,8 @@ impl Server {
 
     /// Closes the UDP sockets (the drain began, docs/protocol.md "UDP echo
     /// (RFC 862)"): deregistered, then dropped; a datagram sent to them now
-    /// gets ICMP port unreachable. Their counters are kept.
+    /// gets ICMP port unreachable, unless a take-over passed them on (then
+    /// only this process's descriptors close). Their counters are kept.
     fn close_udp(&mut self) {
         for mut socket in self.udp.close() {
             let _ = self.poll.registry().deregister(&mut socket);
@@ -1052,8 +1078,8 @@ impl Server {
     }
 }
 
-/// Binds and registers the health listener when `config.health` asks for one.
-fn bind_health(config: &Config, poll: &Poll) -> Result<Option<Health>, Error> {
+/// Binds the health listener when `config.health` asks for one.
+fn bind_health(config: &Config) -> Result<Option<Health>, Error> {
     let Some(addr) = config.health else {
         return Ok(None);
     };
@@ -1062,18 +1088,7 @@ fn bind_health(config: &Config, poll: &Poll) -> Result<Option<Health>, Error> {
         addr,
         source,
     };
-    let mut health = Health::bind(addr).map_err(listen_error)?;
-    poll.registry()
-        .register(
-            health.listener_mut(),
-            HEALTH_LISTENER_TOKEN,
-            Interest::READABLE,
-        )
-        .map_err(|source| Error::Setup {
-            what: "the health listener",
-            source,
-        })?;
-    Ok(Some(health))
+    Health::bind(addr).map(Some).map_err(listen_error)
 }
 
 #[cfg(test)]

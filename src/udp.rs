@@ -332,6 +332,11 @@ impl UdpEcho {
         &mut self.socket
     }
 
+    /// The socket, for the server to lend to a take-over's offer.
+    pub(crate) fn socket(&self) -> &mio::net::UdpSocket {
+        &self.socket
+    }
+
     /// The socket, for the server to deregister and drop (drain start);
     /// read [`UdpEcho::stats`] first, they go with this.
     pub(crate) fn into_socket(self) -> mio::net::UdpSocket {

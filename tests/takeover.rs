@@ -386,56 +386,204 @@ fn a_handover_socket_where_another_instance_listens_exits_1() {
     stop(old);
 }
 
-/// Issues 11 and 12: once the health listener and the UDP sockets are
-/// wired into the server, a take-over passes them too and the new instance
-/// binds none of its own `--udp` or `--health` addresses. Until then the
-/// old instance has neither to offer, and the binary declines an offer
-/// that carries them (src/bin/echod/takeover.rs).
+/// docs/protocol.md "Operations": every listening socket is passed, the
+/// health listener included, and the new instance binds none of its own:
+/// it answers datagrams and probes on the ports the old one had.
 #[test]
-#[ignore = "needs --udp (issue 12) and --health (issue 11) wired into the server"]
 fn a_take_over_passes_the_udp_sockets_and_the_health_listener() {
     let dir = SocketDir::new("all");
     let path = dir.path("h.sock");
     let mut old = offering(&path, &["--udp", "127.0.0.1:0", "--health", "127.0.0.1:0"]);
-    let line = old.wait_for_line("take-over", LIMIT);
-    let new = taking_over(&path);
-    old.wait_for_line("drain started: reason=take-over", LIMIT);
+    let (udp, health) = (old.udp_addr(), old.health_addr());
+    assert_eq!(udp_round_trip(udp, b"old"), b"old");
+    assert_eq!(http_get(health, "/livez").status, 200);
+    let mut new = taking_over(&path);
     let confirmed = old.wait_for_line("take-over confirmed", LIMIT);
-    assert!(confirmed.contains("sockets=3"), "{confirmed}\n{line}");
+    assert!(confirmed.contains("sockets=3"), "{confirmed}");
+    old.wait_for_line("drain started: reason=take-over", LIMIT);
     assert_eq!(old.wait_exit(LIMIT).code(), Some(0), "{}", old.stderr());
+    let last = old.wait_for_line("drain finished", LIMIT);
+    assert!(last.contains(" udp_echoed=1 "), "{last}");
+
+    // The new instance announces the received sockets as its own.
+    let complete = new.wait_for_line("take-over complete", LIMIT);
+    assert!(
+        complete.contains("listeners=1 udp=1 health=1"),
+        "{complete}"
+    );
+    let announced = parse_listening(&new.wait_for_line(" proto=udp ", LIMIT));
+    assert_eq!(announced, udp, "{}", new.stderr());
+    assert_eq!(new.health_addr(), health);
+    // The old instance is gone: whatever answers now is the new one.
+    assert_eq!(udp_round_trip(udp, b"new"), b"new");
+    assert_eq!(http_get(health, "/livez").status, 200);
+    assert_eq!(http_get(health, "/readyz").status, 200);
     assert_still_serving(&new);
+    let stats = new.stats();
+    assert!(stats.contains(" udp_echoed=1 "), "{stats}");
     stop(new);
 }
 
-/// The library's API, in one process: one server offers its sockets, a
-/// second takes them over, serves, confirms; the first drains its own
-/// connection and returns `DrainReason::HandedOver`.
+/// Its own `--udp` and `--health` addresses are not bound: the new
+/// instance serves what it received, says so once per flag, and announces
+/// only the received sockets.
+#[test]
+fn a_new_instance_names_the_udp_and_health_flags_it_does_not_bind() {
+    let dir = SocketDir::new("flags");
+    let path = dir.path("h.sock");
+    let mut old = offering(&path, &["--udp", "127.0.0.1:0", "--health", "127.0.0.1:0"]);
+    let (udp, health) = (old.udp_addr(), old.health_addr());
+    let mut new = Echod::spawn(&[
+        "--take-over",
+        text(&path),
+        "--udp",
+        "127.0.0.1:0",
+        "--health",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(new.udp_addrs(), &[udp]);
+    assert_eq!(new.health_addr(), health);
+    for (flag, mine) in [("--udp", "udp"), ("--health", "health")] {
+        let line = new.wait_for_line(&format!("not {flag}: "), LIMIT);
+        assert!(
+            line.contains("take-over: serving the sockets received")
+                && line.contains("received=127.0.0.1:")
+                && line.ends_with(&format!(" {mine}=127.0.0.1:0")),
+            "{line}"
+        );
+    }
+    let udp_lines = new
+        .seen
+        .iter()
+        .filter(|l| l.contains(" proto=udp "))
+        .count();
+    let http_lines = new
+        .seen
+        .iter()
+        .filter(|l| l.contains(" proto=http "))
+        .count();
+    assert_eq!((udp_lines, http_lines), (1, 1), "{}", new.stderr());
+    assert_eq!(old.wait_exit(LIMIT).code(), Some(0), "{}", old.stderr());
+    assert_eq!(udp_round_trip(udp, b"x"), b"x");
+    stop(new);
+}
+
+/// A client sending datagrams one after another across five take-overs in
+/// a row: each is answered by the old instance or the new one (UDP may
+/// lose one in flight, so the bound is generous), and once the last old
+/// one has exited every datagram is answered, by the new one.
+#[test]
+fn datagrams_sent_across_take_overs_are_answered_by_one_instance_or_the_other() {
+    let dir = SocketDir::new("dgram");
+    let path = dir.path("h.sock");
+    let mut current = offering(&path, &["--udp", "127.0.0.1:0"]);
+    let udp = current.udp_addr();
+    let client = DatagramLoop::start(udp, std::time::Duration::from_secs(2));
+    client.wait_for_answers(100);
+    let mut echoed_by_old = 0;
+    let mut during = Vec::new();
+    for _ in 0..5 {
+        let before = client.answered();
+        let next = taking_over(&path);
+        assert_eq!(
+            current.wait_exit(LIMIT).code(),
+            Some(0),
+            "{}",
+            current.stderr()
+        );
+        let last = current.wait_for_line("drain finished", LIMIT);
+        echoed_by_old += field(&last, "udp_echoed");
+        // Answered while the two instances handed the socket over.
+        during.push(client.answered() - before);
+        // From here only the next instance holds the socket.
+        client.wait_for_answers(client.answered() + 100);
+        current = next;
+    }
+    let tally = client.stop();
+    eprintln!("datagrams across take-overs: {tally:?}, answered during each: {during:?}");
+    assert!(tally.answered * 10 >= tally.sent * 9, "{tally:?}");
+    assert_eq!(tally.errors, 0, "{tally:?}");
+    for i in 0..100u32 {
+        let payload = i.to_be_bytes();
+        assert_eq!(udp_round_trip(udp, &payload), payload, "datagram {i}");
+    }
+    // Every answer came from one of the instances: their counts add up to
+    // at least what the client saw come back.
+    let echoed_by_last = field(&current.stats(), "udp_echoed");
+    assert!(echoed_by_last >= 100 + 100, "{echoed_by_last}");
+    assert!(
+        echoed_by_old + echoed_by_last >= tally.answered + tally.late + 100,
+        "old {echoed_by_old} + last {echoed_by_last} < {tally:?} + 100"
+    );
+    stop(current);
+}
+
+/// A health connection the old instance accepted before the hand-over is
+/// still answered by it (a draining instance answers /readyz with 503),
+/// while new probes reach the new instance (200).
+#[test]
+fn a_probe_the_old_instance_accepted_before_the_take_over_is_answered_by_it() {
+    let dir = SocketDir::new("probe");
+    let path = dir.path("h.sock");
+    let mut old = offering(&path, &["--health", "127.0.0.1:0", "--drain-timeout", "30"]);
+    let health = old.health_addr();
+    // A client connection keeps the old instance draining, so alive.
+    let mut held = old.connect();
+    assert_eq!(round_trip(&mut held, b"held"), b"held");
+    let before = open_fds(old.pid());
+    let mut probe = connect(health);
+    probe
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: echod\r\n")
+        .expect("half a request");
+    // Accepted by the old instance: its descriptor count goes up by one.
+    wait_until(LIMIT, "the old instance to accept the probe", || {
+        open_fds(old.pid()) > before
+    });
+    let new = taking_over(&path);
+    old.wait_for_line("drain started: reason=take-over", LIMIT);
+    probe.write_all(b"\r\n").expect("end of the request");
+    let answer = HttpAnswer::parse(&read_to_eof(&mut probe));
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(http_get(health, "/readyz").status, 200);
+    assert_eq!(read_to_eof(&mut held), b"SHUTDOWN", "{}", old.stderr());
+    drop(held);
+    assert_eq!(old.wait_exit(LIMIT).code(), Some(0), "{}", old.stderr());
+    stop(new);
+}
+
+/// The library's API, in one process: one server offers its sockets (a
+/// TCP listener, a UDP socket, the health listener), a second takes them
+/// over, serves them from `Server::from_sockets`, confirms; the first
+/// drains its own connection and returns `DrainReason::HandedOver`.
 #[test]
 fn the_library_hands_a_running_server_over_to_a_new_one() {
     let dir = SocketDir::new("lib");
     let path = dir.path("h.sock");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let config = echod::Config {
-        listen: vec!["127.0.0.1:0".parse().expect("addr")],
+        listen: vec![any],
+        udp: vec![any],
+        health: Some(any),
         drain_timeout: LIMIT,
         ..echod::Config::default()
     };
     let mut old = echod::Server::bind(config.clone()).expect("bind");
     old.offer_take_over(&path).expect("offer take-over");
     let addr = old.local_addrs()[0];
+    let (udp_addr, health_addr) = (old.udp_addrs()[0], old.health_addr().expect("health"));
     let old_loop = std::thread::spawn(move || old.run());
     let mut held = connect(addr);
     assert_eq!(round_trip(&mut held, b"old"), b"old");
 
-    let echod::TakenOver {
-        listeners,
-        udp,
-        health,
-        confirmation,
-    } = echod::take_over(&path, echod::TAKE_OVER_TIMEOUT).expect("take over");
-    assert!(udp.is_empty() && health.is_none());
-    let new = echod::Server::from_listeners(config, listeners).expect("serve");
+    let taken = echod::take_over(&path, echod::TAKE_OVER_TIMEOUT).expect("take over");
+    let echod::Sockets { tcp, udp, health } = &taken.sockets;
+    assert_eq!((tcp.len(), udp.len(), health.is_some()), (1, 1, true));
+    // Its own addresses are not bound: the ones received replace them.
+    let new = echod::Server::from_sockets(config, taken.sockets).expect("serve");
     assert_eq!(new.local_addrs(), &[addr]);
-    confirmation.confirm().expect("confirm");
+    assert_eq!(new.udp_addrs(), &[udp_addr]);
+    assert_eq!(new.health_addr(), Some(health_addr));
+    taken.confirmation.confirm().expect("confirm");
     let handle = new.shutdown_handle();
     let new_loop = std::thread::spawn(move || new.run());
 
@@ -448,11 +596,14 @@ fn the_library_hands_a_running_server_over_to_a_new_one() {
 
     let mut client = connect(addr);
     assert_eq!(round_trip(&mut client, b"new"), b"new");
+    assert_eq!(udp_round_trip(udp_addr, b"new over udp"), b"new over udp");
+    assert_eq!(http_get(health_addr, "/readyz").status, 200);
     handle.drain();
     assert_eq!(read_to_eof(&mut client), b"SHUTDOWN");
     drop(client);
     let summary = new_loop.join().expect("new loop").expect("new run");
     assert_eq!(summary.reason, echod::DrainReason::Handle);
+    assert_eq!(summary.stats.udp.echoed, 1);
 }
 
 #[test]

@@ -502,18 +502,15 @@ fn without_flowinfo(addr: SocketAddr) -> SocketAddr {
 /// confirmation still owed to that instance.
 ///
 /// The running instance serves on, untouched, until
-/// [`Confirmation::confirm`]: build the server from these sockets first
-/// ([`crate::Server::from_listeners`]), then confirm. Dropping this value
-/// without confirming leaves everything as it was.
+/// [`Confirmation::confirm`]: build the server from every one of these
+/// sockets first ([`crate::Server::from_sockets`]), then confirm. Dropping
+/// this value without confirming leaves everything as it was.
 #[derive(Debug)]
 pub struct TakenOver {
-    /// The echo service's TCP listeners, non-blocking, in the running
-    /// instance's order.
-    pub listeners: Vec<TcpListener>,
-    /// Its UDP echo sockets, non-blocking (`--udp`).
-    pub udp: Vec<UdpSocket>,
-    /// Its health listener, non-blocking, if it had one (`--health`).
-    pub health: Option<TcpListener>,
+    /// Every socket received, non-blocking, in the running instance's
+    /// order: its TCP listeners (`--listen`), its UDP echo sockets
+    /// (`--udp`) and its health listener (`--health`), if it had one.
+    pub sockets: crate::Sockets,
     /// The confirmation owed to the running instance.
     pub confirmation: Confirmation,
 }
@@ -521,9 +518,11 @@ pub struct TakenOver {
 impl From<Received> for TakenOver {
     fn from(received: Received) -> Self {
         TakenOver {
-            listeners: received.listeners.into_iter().map(|(_, l)| l).collect(),
-            udp: received.udp.into_iter().map(|(_, u)| u).collect(),
-            health: received.health.map(|(_, h)| h),
+            sockets: crate::Sockets {
+                tcp: received.listeners.into_iter().map(|(_, l)| l).collect(),
+                udp: received.udp.into_iter().map(|(_, u)| u).collect(),
+                health: received.health.map(|(_, h)| h),
+            },
             confirmation: Confirmation(received.confirm),
         }
     }

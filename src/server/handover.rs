@@ -7,8 +7,9 @@
 //! their log lines) belongs to [`crate::handover::HandoverListener`]; this
 //! file only registers what its steps ask for, lends it the listening
 //! sockets for the offer, and carries out a hand-over: let go of the
-//! handover socket, drop every passed descriptor without disturbing the
-//! shared sockets, and drain.
+//! handover socket, drop every passed descriptor (the TCP listeners, the
+//! UDP sockets, the health listener) without disturbing the shared
+//! sockets, and drain.
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -89,21 +90,27 @@ impl Server {
         let Some(handover) = self.handover.as_mut() else {
             return; // spurious: the offer was withdrawn in this batch
         };
-        // docs/protocol.md "Operations": every listening socket is passed.
-        let shared: Vec<Shared<'_>> = self
-            .acceptor
-            .listeners()
-            .map(|l| Shared {
-                kind: Kind::Tcp,
-                addr: l.addr,
-                fd: l.socket.as_fd(),
+        // docs/protocol.md "Operations": every listening socket is passed,
+        // the health listener included. The offer lists them by kind: the
+        // TCP listeners, then the UDP sockets, then the health listener.
+        let tcp = self.acceptor.listeners().map(|l| Shared {
+            kind: Kind::Tcp,
+            addr: l.addr,
+            fd: l.socket.as_fd(),
+        });
+        let udp = self.udp.open().map(|(addr, socket)| Shared {
+            kind: Kind::Udp,
+            addr,
+            fd: socket.as_fd(),
+        });
+        let health = self.health.as_ref().and_then(|h| {
+            h.listener().map(|listener| Shared {
+                kind: Kind::Health,
+                addr: h.local_addr(),
+                fd: listener.as_fd(),
             })
-            .collect();
-        // HOOK (issues 11 and 12): once the server holds them, the UDP
-        // sockets (`Kind::Udp`) and the health listener (`Kind::Health`)
-        // join `shared` here, and `hand_over` below drops them like the
-        // TCP listeners. The binary declines an offer carrying them until
-        // then (src/bin/echod/takeover.rs).
+        });
+        let shared: Vec<Shared<'_>> = tcp.chain(udp).chain(health).collect();
         let step = handover.connection_ready(now, &shared);
         self.apply_handover(step, now);
     }
@@ -181,14 +188,32 @@ impl Server {
         // `shutdown`): each is deregistered, then closed. Deregistering
         // first matters: epoll forgets a registration only when the last
         // descriptor of its open file closes, and the new instance holds
-        // one, so a listener closed while registered would go on waking
+        // one, so a socket closed while registered would go on waking
         // this loop. With no listener left, the drain's backlog sweep
         // ("Draining" 2) takes nothing: that backlog is the new
-        // instance's, which accepts it.
+        // instance's, which accepts it. Datagrams queued on a UDP socket
+        // are the new instance's too, as are probes waiting in the health
+        // listener's backlog.
         self.close_listeners();
+        self.close_udp();
+        self.close_health_listener();
         if self.life.hand_over(now) {
             self.begin_drain(now);
         }
+    }
+
+    /// Lets go of the health listener (it was handed over): deregistered,
+    /// then dropped. Health connections already open here are answered
+    /// until they finish, or until this process exits, whichever is first
+    /// (docs/protocol.md "Operations", take-over).
+    fn close_health_listener(&mut self) {
+        let Some(health) = self.health.as_mut() else {
+            return;
+        };
+        if let Some(mut listener) = health.close_listener() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.health_wakeup = health.next_wakeup();
     }
 
     /// The drain begins for another reason than a hand-over: stop offering

@@ -66,13 +66,62 @@ impl UdpSockets {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(UdpSockets::new(members, config, now))
+    }
+
+    /// Serves UDP sockets the caller already has (a take-over's,
+    /// docs/protocol.md "Operations") instead of binding `config.udp`: their
+    /// addresses are read from them, and they are made non-blocking. The
+    /// reply budget (`config.udp_max_rate`) starts full at `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Inherit`] when a socket cannot be made non-blocking or has
+    /// no address.
+    pub(crate) fn adopt(
+        sockets: Vec<std::net::UdpSocket>,
+        config: &Config,
+        now: Instant,
+    ) -> Result<UdpSockets, Error> {
+        let inherit = |what: &str, err: std::io::Error| Error::Inherit {
+            detail: format!("{what}: {}", crate::error::os_reason(&err)),
+        };
+        let members = sockets
+            .into_iter()
+            .map(|socket| {
+                // mio needs non-blocking sockets; one from an embedder may not be.
+                socket
+                    .set_nonblocking(true)
+                    .map_err(|err| inherit("cannot make a UDP socket non-blocking", err))?;
+                let addr = socket
+                    .local_addr()
+                    .map_err(|err| inherit("cannot read a UDP socket's address", err))?;
+                let socket = mio::net::UdpSocket::from_std(socket);
+                Ok(Member {
+                    echo: UdpEcho::new(socket, addr),
+                    queued: false,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        Ok(UdpSockets::new(members, config, now))
+    }
+
+    fn new(members: Vec<Member>, config: &Config, now: Instant) -> UdpSockets {
         let addrs = members.iter().map(|m| m.echo.local_addr()).collect();
-        Ok(UdpSockets {
+        UdpSockets {
             members,
             addrs,
             rate: RateLimit::new(config.udp_max_rate, now),
             closed: UdpStats::default(),
-        })
+        }
+    }
+
+    /// The open sockets with their addresses, for the server to lend to a
+    /// take-over's offer.
+    pub(crate) fn open(&self) -> impl Iterator<Item = (SocketAddr, &mio::net::UdpSocket)> {
+        self.members
+            .iter()
+            .map(|m| (m.echo.local_addr(), m.echo.socket()))
     }
 
     /// The open sockets with their indices, for the server to register
@@ -119,8 +168,9 @@ impl UdpSockets {
     }
 
     /// Closes every socket (the drain began, docs/protocol.md "UDP echo (RFC
-    /// 862)"): their counters are kept, and the sockets are handed back for
-    /// the server to deregister before dropping them, which closes them.
+    /// 862)", or a take-over passed them on): their counters are kept, and
+    /// the sockets are handed back for the server to deregister before
+    /// dropping them, which closes this process's descriptors.
     pub(crate) fn close(&mut self) -> Vec<mio::net::UdpSocket> {
         let mut sockets = Vec::with_capacity(self.members.len());
         for member in self.members.drain(..) {
@@ -227,6 +277,45 @@ mod tests {
             " udp_received=1 udp_echoed=1 udp_dropped_low_port=0 udp_dropped_bad_source=0 \
              udp_dropped_rate=0 udp_dropped_kernel_full=0 udp_dropped_send_failed=0 \
              udp_receive_errors=0"
+        );
+    }
+
+    #[test]
+    fn adopted_sockets_keep_their_addresses_and_echo_like_bound_ones() {
+        let given = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = given.local_addr().unwrap();
+        // Blocking, as an embedder may hand it over: adopting fixes that.
+        let mut sockets =
+            UdpSockets::adopt(vec![given], &config(&["192.0.2.1:7"], 10), Instant::now())
+                .expect("adopt");
+        assert_eq!(
+            sockets.addrs(),
+            &[addr],
+            "the socket's address, not config.udp"
+        );
+        assert_eq!(sockets.open().map(|(a, _)| a).collect::<Vec<_>>(), [addr]);
+        let client = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client.send_to(b"adopted", addr).unwrap();
+        let mut buf = vec![0; 64 * 1024];
+        // Loopback usually delivers within send_to, but nothing promises
+        // it; a blocking socket would hang here instead of returning.
+        let start = Instant::now();
+        while sockets.stats().received == 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "no datagram");
+            sockets.on_readable(0, &mut buf, Instant::now());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut back = [0; 16];
+        let (len, _) = client.recv_from(&mut back).unwrap();
+        assert_eq!(&back[..len], b"adopted");
+        assert!(
+            UdpSockets::adopt(Vec::new(), &config(&[], 10), Instant::now())
+                .unwrap()
+                .configured_stats()
+                .is_none()
         );
     }
 

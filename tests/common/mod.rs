@@ -1037,3 +1037,132 @@ pub fn open_fds(pid: i32) -> usize {
         .map(|dir| dir.count())
         .unwrap_or(0)
 }
+
+// ------------------------------------------------------------------ UDP
+
+/// Sends `payload` to the UDP echo at `server` from a fresh client socket
+/// and returns the reply (the read timeout is a safety net, not a wait).
+#[track_caller]
+pub fn udp_round_trip(server: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let local = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    };
+    let client = std::net::UdpSocket::bind(local).expect("bind a UDP client");
+    client.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    client.send_to(payload, server).expect("send a datagram");
+    let mut buf = vec![0; 64 * 1024];
+    let (len, from) = client
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| panic!("no echo from {server}: {e}"));
+    assert_eq!(from, server, "the echo comes from the address sent to");
+    buf.truncate(len);
+    buf
+}
+
+/// What a [`DatagramLoop`] saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DatagramTally {
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Datagrams whose own echo came back within the wait.
+    pub answered: u64,
+    /// Echoes of an earlier datagram, come after its wait ended.
+    pub late: u64,
+    /// Sends or receives that failed (an ICMP port unreachable, say).
+    pub errors: u64,
+}
+
+/// A client thread that sends numbered datagrams to a UDP echo one at a
+/// time, waiting up to a given time for each one's own echo before the
+/// next, until stopped (or for ten times [`LIMIT`] at most).
+pub struct DatagramLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<DatagramTally>,
+}
+
+impl DatagramLoop {
+    /// Starts the thread on `server`; each datagram waits `wait` for its echo.
+    pub fn start(server: SocketAddr, wait: Duration) -> DatagramLoop {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop2, answered2) = (stop.clone(), answered.clone());
+        let thread = std::thread::spawn(move || {
+            let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP client");
+            client.connect(server).expect("connect the UDP client");
+            let mut tally = DatagramTally::default();
+            let started = Instant::now();
+            let mut buf = [0u8; 64];
+            while !stop2.load(Ordering::Relaxed) && started.elapsed() < LIMIT * 10 {
+                let seq = tally.sent;
+                let mut datagram = [0u8; 32];
+                datagram[..8].copy_from_slice(&seq.to_be_bytes());
+                tally.sent += 1;
+                if client.send(&datagram).is_err() {
+                    tally.errors += 1;
+                    continue;
+                }
+                let until = Instant::now() + wait;
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() || client.set_read_timeout(Some(left)).is_err() {
+                        break; // lost, as far as this loop is concerned
+                    }
+                    match client.recv(&mut buf) {
+                        Ok(32) if buf[8..32] == [0; 24] => {
+                            let got = u64::from_be_bytes(buf[..8].try_into().expect("8 bytes"));
+                            if got == seq {
+                                tally.answered += 1;
+                                answered2.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            tally.late += 1;
+                        }
+                        Ok(_) => panic!("an echo that is not a datagram sent: {:?}", &buf),
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+                        {
+                            break;
+                        }
+                        Err(_) => {
+                            tally.errors += 1;
+                            break;
+                        }
+                    }
+                }
+                // Pacing, not synchronisation: well under the default reply
+                // rate limit (10,000 a second), and the two cores stay free
+                // for the instances.
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            tally
+        });
+        DatagramLoop {
+            stop,
+            answered,
+            thread,
+        }
+    }
+
+    /// Datagrams answered so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `n` datagrams in all were answered.
+    #[track_caller]
+    pub fn wait_for_answers(&self, n: u64) {
+        wait_until(LIMIT, &format!("{n} datagrams answered"), || {
+            self.answered() >= n
+        });
+    }
+
+    /// Stops the thread and returns what it saw.
+    pub fn stop(self) -> DatagramTally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("datagram thread")
+    }
+}

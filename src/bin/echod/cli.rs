@@ -130,9 +130,11 @@ Options:
       --backlog N               listen backlog [default: 1024]
       --reuse-port              set SO_REUSEPORT so several processes share the port
       --handover-socket PATH    offer a take-over: listen on this Unix socket (mode 0600) and
-                                hand the listening sockets to the echod that connects, then drain
+                                hand every listening socket (TCP, UDP, health) to the echod
+                                that connects, then drain
       --take-over PATH          take the listening sockets over from the echod offering them at
-                                PATH instead of binding --listen; the old one then drains
+                                PATH instead of binding --listen, --udp or --health; the old one
+                                then drains
       --pid-file PATH           write the PID here after binding (atomically);
                                 removed at exit if it still holds this PID
       --log-level LEVEL         error, warn, info, debug, trace or off [default: info, or RUST_LOG];

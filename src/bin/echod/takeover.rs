@@ -8,6 +8,7 @@
 //! ([`echod::take_over`]); the pid file and the readiness lines stay with
 //! `main`, after this returns.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use echod::{Config, Error, Server, SignalWatcher};
@@ -38,27 +39,13 @@ pub fn start(path: &Path, options: &Options, watcher: SignalWatcher) -> Result<S
         confirmation.decline(&err.to_string());
         err
     };
-    // HOOK (issues 11 and 12): UDP sockets and the health listener are
-    // received and checked, but this server does not serve them yet.
-    // Taking the TCP listeners alone would leave them to die with the old
-    // instance, so the take-over is declined and the old one serves on.
-    if !taken.udp.is_empty() || taken.health.is_some() {
-        let detail = format!(
-            "the running instance passes {} UDP socket(s) and {} health listener(s), which this echod cannot serve",
-            taken.udp.len(),
-            usize::from(taken.health.is_some())
-        );
-        let err = Error::TakeOver {
-            path: path.to_owned(),
-            detail,
-        };
-        return Err(decline(confirmation, err));
-    }
-    let mut server = match Server::from_listeners(config.clone(), taken.listeners) {
+    // docs/protocol.md "Operations": every socket received is served, and
+    // none of this instance's own --listen, --udp or --health is bound.
+    let mut server = match Server::from_sockets(config.clone(), taken.sockets) {
         Ok(server) => server,
         Err(err) => return Err(decline(confirmation, err)),
     };
-    warn_if_listen_differs(config, &server);
+    warn_if_addresses_differ(config, &server);
     // Signals before the confirmation: a drain signal from here on is
     // either seen now (and declined) or read by the loop.
     if watcher.has_pending_drain() {
@@ -71,9 +58,11 @@ pub fn start(path: &Path, options: &Options, watcher: SignalWatcher) -> Result<S
     }
     confirmation.confirm()?;
     log::info!(
-        "take-over complete: path={} listeners={}",
+        "take-over complete: path={} listeners={} udp={} health={}",
         path.display(),
-        server.local_addrs().len()
+        server.local_addrs().len(),
+        server.udp_addrs().len(),
+        usize::from(server.health_addr().is_some())
     );
     if let Some(next) = &options.handover_socket {
         // The old instance closed its handover socket before it let go, so
@@ -85,15 +74,29 @@ pub fn start(path: &Path, options: &Options, watcher: SignalWatcher) -> Result<S
     Ok(Started::Serving(Box::new(server)))
 }
 
-/// The received listeners are served whatever `--listen` says; an operator
-/// whose command line names other addresses is told once.
-fn warn_if_listen_differs(config: &Config, server: &Server) {
-    let mut wanted = config.listen.clone();
-    let mut got = server.local_addrs().to_vec();
+/// The received sockets are served whatever `--listen`, `--udp` and
+/// `--health` say; an operator whose command line names other addresses
+/// (or a port 0, which a received socket never has) is told once per flag.
+fn warn_if_addresses_differ(config: &Config, server: &Server) {
+    let health = |addr: Option<SocketAddr>| addr.into_iter().collect::<Vec<_>>();
+    warn_if_differs("--listen", &config.listen, server.local_addrs());
+    warn_if_differs("--udp", &config.udp, server.udp_addrs());
+    warn_if_differs(
+        "--health",
+        &health(config.health),
+        &health(server.health_addr()),
+    );
+}
+
+/// Warns when `wanted` (the command line's `flag`) and `got` (the
+/// addresses received) are not the same set.
+fn warn_if_differs(flag: &str, wanted: &[SocketAddr], got: &[SocketAddr]) {
+    let mut wanted = wanted.to_vec();
+    let mut got = got.to_vec();
     wanted.sort();
     got.sort();
     if wanted != got {
-        let list = |addrs: &[std::net::SocketAddr]| {
+        let list = |addrs: &[SocketAddr]| {
             addrs
                 .iter()
                 .map(ToString::to_string)
@@ -101,8 +104,9 @@ fn warn_if_listen_differs(config: &Config, server: &Server) {
                 .join(",")
         };
         log::warn!(
-            "take-over: serving the sockets received, not --listen: received={} listen={}",
+            "take-over: serving the sockets received, not {flag}: received={} {}={}",
             list(&got),
+            flag.trim_start_matches('-'),
             list(&wanted)
         );
     }
