@@ -58,3 +58,47 @@ fn sighup_to_echod_mid_run_is_a_clean_drain_on_every_connection() {
     let status = echod.wait_exit(LIMIT);
     assert_eq!(status.code(), Some(0), "echod stderr:\n{}", echod.stderr());
 }
+
+/// echod's UDP echo measured by echo-load's UDP mode, the pair the README
+/// recommends for a path (issue 12): every datagram answered exactly, no
+/// loss, duplicate or mismatch, over IPv4 and IPv6 and up to the largest
+/// IPv4 datagram.
+#[test]
+fn echo_load_udp_measures_echod_udp_without_loss_or_mismatch() {
+    let mut echod = Echod::spawn(&["--udp", "127.0.0.1:0", "--udp", "[::1]:0"]);
+    // The largest datagrams go slowly: a reply the kernel will not take at
+    // once is dropped by design (docs/protocol.md "UDP echo (RFC 862)"),
+    // and a few 64 KiB replies fill a socket's send buffer.
+    for (addr, size, rate) in [
+        (echod.udp_addrs()[0], 64, 500.0),
+        (echod.udp_addrs()[0], echo_load::MAX_DATAGRAM_V4, 50.0),
+        (echod.udp_addrs()[1], 1400, 500.0),
+    ] {
+        let config = echo_load::UdpConfig {
+            addr,
+            flows: 2,
+            rate,
+            stop: Stop::Messages(300),
+            size,
+            // Below echod's default --udp-max-rate: nothing is held back.
+            ..echo_load::UdpConfig::default()
+        };
+        let report = echo_load::run_udp(&config).expect("a UDP run");
+        assert!(
+            report.is_clean(),
+            "{addr} {size} B: {}\n{}",
+            report.to_json(),
+            echod.stderr()
+        );
+        assert_eq!(
+            report.received,
+            300,
+            "{addr} {size} B: {}",
+            report.to_json()
+        );
+    }
+    echod.signal(libc::SIGTERM);
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+    let last = echod.wait_for_line("drain finished", LIMIT);
+    assert!(last.contains("udp_echoed=900"), "{last}");
+}
