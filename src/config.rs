@@ -63,6 +63,12 @@ pub struct Config {
     pub log_timestamps: bool,
     /// Set `SO_REUSEPORT` on the listeners so several processes share a port.
     pub reuse_port: bool,
+    /// A connection that has received and sent nothing this long is closed
+    /// (FIN, no notice); zero means never (docs/protocol.md "Protections").
+    pub idle_timeout: Duration,
+    /// Connections one source (an IPv4 address or an IPv6 /64) may hold at
+    /// once; more are closed at once with nothing sent; zero means no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Config {
@@ -80,6 +86,8 @@ impl Default for Config {
             log_level: None,
             log_timestamps: true,
             reuse_port: false,
+            idle_timeout: Duration::ZERO,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -207,6 +215,12 @@ Options:
       --max-pending-total BYTES unsent echo bytes of all connections together (the memory
                                 budget); when spent, connections that need more pause [default: 16M]
       --backlog N               listen backlog [default: 1024]
+      --idle-timeout SECS       close a connection that received and sent nothing this long
+                                (FIN, no notice), checked every quarter of it, 15 s apart at
+                                most; fractions allowed; 0 = never [default: 0]
+      --max-connections-per-ip N
+                                connections one IPv4 address or IPv6 /64 may hold at once; more
+                                are closed at once with nothing sent; 0 = no limit [default: 0]
       --reuse-port              set SO_REUSEPORT so several processes share the port
       --pid-file PATH           write the PID here after binding (atomically);
                                 removed at exit if it still holds this PID
@@ -295,6 +309,15 @@ where
                 config.log_timestamps = parse_on_off("--log-timestamps", &value)?;
             }
             Long("reuse-port") => config.reuse_port = true,
+            // docs/protocol.md "Protections".
+            Long("idle-timeout") => {
+                let value = string_value(&mut parser, "--idle-timeout")?;
+                config.idle_timeout = parse_seconds("--idle-timeout", &value)?;
+            }
+            Long("max-connections-per-ip") => {
+                let value = string_value(&mut parser, "--max-connections-per-ip")?;
+                config.max_connections_per_ip = parse_count("--max-connections-per-ip", &value)?;
+            }
             Short('h') | Long("help") => return Ok(Command::Help),
             Short('V') | Long("version") => return Ok(Command::Version),
             _ => return Err(lexopt_error(arg.unexpected())),
@@ -453,6 +476,8 @@ mod tests {
         assert_eq!(config.max_pending_total, 16 << 20);
         assert_eq!(config.backlog, 1024);
         assert_eq!(config.drain_timeout, Duration::from_secs(5));
+        assert_eq!(config.idle_timeout, Duration::ZERO);
+        assert_eq!(config.max_connections_per_ip, 0);
     }
 
     #[test]
@@ -479,6 +504,10 @@ mod tests {
             "--log-level",
             "debug",
             "--reuse-port",
+            "--idle-timeout",
+            "300",
+            "--max-connections-per-ip",
+            "5",
         ])
         .unwrap();
         assert_eq!(
@@ -497,6 +526,8 @@ mod tests {
         assert_eq!(config.pid_file, Some(PathBuf::from("/tmp/x.pid")));
         assert_eq!(config.log_level, Some(LevelFilter::Debug));
         assert!(config.reuse_port);
+        assert_eq!(config.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.max_connections_per_ip, 5);
     }
 
     #[test]
@@ -600,6 +631,22 @@ mod tests {
             (
                 &["--log-level", "loud"],
                 "--log-level \"loud\": expected error, warn",
+            ),
+            (
+                &["--idle-timeout", "-5"],
+                "--idle-timeout \"-5\": must be zero or more seconds",
+            ),
+            (
+                &["--idle-timeout", "never"],
+                "--idle-timeout \"never\": expected seconds",
+            ),
+            (
+                &["--max-connections-per-ip", "-1"],
+                "--max-connections-per-ip \"-1\": expected a whole number",
+            ),
+            (
+                &["--max-connections-per-ip", "99999999999999999999"],
+                "--max-connections-per-ip \"99999999999999999999\": is too large",
             ),
             (&["--bogus"], "invalid option '--bogus'"),
             (&["--listen"], "missing argument for option '--listen'"),

@@ -13,7 +13,10 @@ use crate::drain::{DrainEnd, DrainReason};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Connections accepted since start.
+    /// Connections accepted since start, those the per-address limit closed
+    /// at once included: every one is either still open or counted once
+    /// by a close reason (`closed_by_peer`, `closed_on_error`,
+    /// `idle_closed`, `rejected_per_ip`, `closed_at_deadline`, `closed_forced`).
     pub accepted: u64,
     /// Bytes echoed since start (read and queued for echo).
     pub bytes_echoed: u64,
@@ -29,6 +32,14 @@ pub struct Stats {
     /// Connections the server closed at a forced stop (another signal while
     /// draining).
     pub closed_forced: u64,
+    /// Connections the server closed because they were idle for
+    /// `--idle-timeout` (docs/protocol.md "Protections"), counted when their
+    /// write side is shut down; their socket's own close later is not
+    /// counted again under another reason.
+    pub idle_closed: u64,
+    /// Connections accepted and closed at once because their source already
+    /// held `--max-connections-per-ip` (or the address table was full).
+    pub rejected_per_ip: u64,
     /// Log lines dropped because stderr would not take them at once
     /// (docs/protocol.md "Logs and notifications are best effort"); 0 unless
     /// echod's own logger is installed.
