@@ -13,8 +13,9 @@
 //! - [`memory`]: the memory budget (`--max-pending-total`) and the pending buffers charged to it.
 //! - [`drain`]: the `Running -> (LameDuck) -> Draining -> Stopped` state machine, pure and clock-free.
 //! - `episode.rs`: when a repeatable warning is said (once per episode), pure and clock-free.
-//! - `per_ip.rs`: the `--max-connections-per-ip` table and its warning cadence (not yet wired).
-//! - `idle.rs`: the `--idle-timeout` sweep epochs and the one-second linger (not yet wired).
+//! - `per_ip.rs`: the `--max-connections-per-ip` table and its warning cadence, owned by the acceptor.
+//! - `idle.rs`: the `--idle-timeout` sweep epochs and the one-second linger, pure and clock-free;
+//!   `server/protections.rs` puts both to work in the loop.
 //! - [`shutdown`]: [`ShutdownHandle`], the programmatic drain trigger.
 //! - [`signals`]: opt-in signal handling through signal-hook-mio.
 //! - [`notify`]: systemd readiness and status, one datagram each, never waiting.
@@ -53,15 +54,10 @@ mod handover;
 // re-exports.
 #[allow(dead_code, unused_imports)]
 mod health;
+mod idle;
 pub mod logging;
 pub mod memory;
 pub mod notify;
-// Pure pieces not yet wired into the loop: the per-address limit
-// (--max-connections-per-ip) and the idle sweep (--idle-timeout). Private
-// until the server uses them; dead code until then.
-#[allow(dead_code)]
-mod idle;
-#[allow(dead_code)]
 mod per_ip;
 pub mod server;
 pub mod shutdown;

@@ -24,10 +24,15 @@ use crate::config::Config;
 use crate::connection::{Closed, Connection, Ctx, Readiness, Resume, Step};
 use crate::drain::{DrainEnd, DrainReason, Due, Lifecycle, Signalled, State};
 use crate::error::Error;
+use crate::idle::{IdleClock, Stamp};
 use crate::notify::Notifier;
 use crate::shutdown::ShutdownHandle;
 use crate::signals::SignalWatcher;
 use crate::stats::{Stats, Summary};
+
+// The protections' side of the loop: the idle sweep, the lingers of
+// idle-closed connections, the per-address count (docs/protocol.md "Protections").
+mod protections;
 
 // Tokens. A connection's token is its slab key; fixed sources take tokens
 // from the top of the range, which no slab reaches. `source` below is the
@@ -138,12 +143,48 @@ const READ_BUFFER: usize = 64 * 1024;
 const READS_PER_EVENT: usize = 16;
 /// Events taken from the kernel per `poll`.
 const EVENTS_PER_POLL: usize = 1024;
+/// Wake-ups in a row that may skip the clock while a deadline is pending but
+/// far off, and the longest `poll` waits on each: a busy loop reads the clock
+/// once per `BLIND_WAKEUPS + 1` wake-ups instead of on every one, which is
+/// what keeps `--idle-timeout` (a deadline always pending) off the steady
+/// path's cost (docs/design.md "Timers").
+const BLIND_WAKEUPS: u32 = 64;
+/// See [`BLIND_WAKEUPS`].
+const BLIND_POLL: Duration = Duration::from_micros(2_500);
+/// How much sooner than the nearest deadline the loop wakes when it may
+/// skip the clock: the longest the skipped wake-ups can last together
+/// (160 ms), so the clock is read again before the deadline passes.
+const BLIND_MARGIN: Duration = Duration::from_micros(2_500 * 64);
 /// Freed pending memory after which the heap's free pages go back to the
 /// OS: the allocator keeps freed blocks for reuse, so without this RSS stays
 /// at its peak after never-reading clients leave (docs/protocol.md "Running").
 /// Large enough that a connection emptying its buffer now and then costs
 /// nothing; small enough that RSS follows a crowd of leaving clients.
 const TRIM_AFTER: usize = 1024 * 1024;
+
+/// What the loop knows about the time between its clock readings
+/// (docs/design.md "Timers").
+///
+/// With a deadline pending, a wake-up that found no events (the poll timed
+/// out) reads the clock and polls until the nearest deadline: an idle loop
+/// sleeps until it. A wake-up with events polls [`BLIND_POLL`] at most
+/// next. While the nearest deadline is more than [`BLIND_MARGIN`] away, the
+/// loop sleeps only until the margin begins, and then up to
+/// [`BLIND_WAKEUPS`] wake-ups with events in a row skip the clock: together
+/// they cannot outlast the margin. Otherwise, and while draining, every
+/// wake-up reads it. So a deadline known at the last reading is never
+/// served more than [`BLIND_POLL`] late; one that appears during the skips
+/// (a signal's lame duck, an accept back-off) at most the margin late.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// How long a poll after a wake-up without events may wait, as of the
+    /// last reading: until the nearest deadline, or until the margin before
+    /// it when the wake-ups after it may skip the clock; `None` without one.
+    timeout: Option<Duration>,
+    /// Wake-ups with events that may still skip the clock; zero: the next
+    /// one reads it.
+    blind: u32,
+}
 
 /// A connection and the server's bookkeeping about it, which the connection
 /// itself never reads.
@@ -159,6 +200,10 @@ struct Slot {
     /// Its key is in the server's `waiters` (it waits for memory), so it is
     /// listed once.
     awaiting_budget: bool,
+    /// The idle sweep's epoch at its last event (docs/protocol.md
+    /// "Protections"): a two-byte store per event, no clock read; it fits
+    /// in the slot's padding.
+    stamp: Stamp,
 }
 
 /// The echo server: bound, then run on the caller's thread.
@@ -217,6 +262,11 @@ pub struct Server {
     notifier: Notifier,
     /// When the server started, for uptime.
     started: Instant,
+    /// `--idle-timeout`: the sweep's epoch (what slots are stamped with)
+    /// and schedule, and the lingers of idle-closed connections (each
+    /// closed after at most a second); a dead source without a timeout, and
+    /// once the drain began and the last linger ended.
+    idle: IdleClock,
 }
 
 impl Server {
@@ -288,6 +338,7 @@ impl Server {
             signals: None,
             notifier: Notifier::default(),
             started: Instant::now(),
+            idle: IdleClock::new(config.idle_timeout, Instant::now()),
             config,
         })
     }
@@ -349,16 +400,35 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         self.notifier.ready(self.slots.len());
         // Whether anything time-driven is pending; checked once per turn so
-        // the steady path reads no clock at all.
+        // the steady path reads no clock at all without a timer. With one
+        // (--idle-timeout keeps one) the clock is read at most once per
+        // wake-up, and a busy loop skips it on most (see `Clock`).
         let mut timers = self.has_timers();
+        let mut clock = Clock {
+            timeout: None,
+            blind: 0,
+        };
+        if timers {
+            self.read_clock(&mut clock);
+        }
         while !self.life.is_stopped() {
-            let timeout = if timers || !self.next_turn.is_empty() {
-                self.poll_timeout()
+            // The two common cases pass constants, so that mio's conversion
+            // of the timeout to milliseconds folds away (17 instructions per
+            // wake-up under callgrind).
+            let polled = if !self.next_turn.is_empty() || (timers && events.is_empty()) {
+                self.poll.poll(&mut events, self.poll_timeout(&clock))
+            } else if timers {
+                self.poll.poll(&mut events, Some(BLIND_POLL))
             } else {
-                None
+                self.poll.poll(&mut events, None)
             };
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
+            if let Err(err) = polled {
                 if err.kind() == std::io::ErrorKind::Interrupted {
+                    // A signal (no events): the time spent waiting must not
+                    // be waited again.
+                    if timers {
+                        self.read_clock(&mut clock);
+                    }
                     continue;
                 }
                 error!("event loop failed: {err}");
@@ -384,23 +454,29 @@ impl Server {
             }
             timers = self.has_timers();
             if timers {
-                self.on_clock(Instant::now());
+                if clock.blind == 0 || events.is_empty() || self.life.is_draining() {
+                    self.read_clock(&mut clock);
+                } else {
+                    clock.blind -= 1;
+                }
             }
         }
         Ok(self.finish())
     }
 
-    /// Every time-driven source's next deadline. [`Server::has_timers`],
-    /// [`Server::poll_timeout`] and [`Server::on_clock`] all start from this
-    /// one list, in every state, so they cannot disagree about which source
-    /// is live (a dead source answers `None`): that disagreement is how a
-    /// drain once woke the loop 900 times a second (issue 8).
+    /// Every time-driven source's next deadline. [`Server::next_deadline`],
+    /// and through it the poll timeout and the call of [`Server::on_clock`],
+    /// start from this one list, in every state, so they cannot disagree
+    /// about which source is live (a dead source answers `None`): that
+    /// disagreement is how a drain once woke the loop 900 times a second
+    /// (issue 8).
     #[inline(always)]
-    fn deadlines(&self) -> [Option<Instant>; 3] {
+    fn deadlines(&self) -> [Option<Instant>; 4] {
         [
             self.life.next_wakeup(),
             self.acceptor.next_wakeup(),
             self.notifier.next_wakeup(),
+            self.idle.next_wakeup(),
         ]
     }
 
@@ -411,13 +487,51 @@ impl Server {
         self.deadlines().iter().any(Option::is_some)
     }
 
-    fn poll_timeout(&self) -> Option<Duration> {
+    /// The nearest of [`Server::deadlines`]; `None` when nothing
+    /// time-driven is pending.
+    #[inline(always)]
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines()
+            .into_iter()
+            .fold(None, crate::episode::earliest)
+    }
+
+    /// Reads the clock, serves every source whose deadline has come, and
+    /// says whether the next wake-ups may skip the clock (see [`Clock`]).
+    #[inline(never)]
+    fn read_clock(&mut self, clock: &mut Clock) {
+        let now = Instant::now();
+        let mut next = self.next_deadline();
+        // Nothing is due before the nearest deadline, except the drain's end
+        // when the last connection has left, which the lifecycle checks on
+        // every turn while draining.
+        if next.is_some_and(|at| now >= at) || self.life.is_draining() {
+            self.on_clock(now);
+            next = self.next_deadline();
+        }
+        let left = next.map(|at| at.saturating_duration_since(now));
+        let skip = left.is_some_and(|left| left > BLIND_MARGIN) && !self.life.is_draining();
+        *clock = Clock {
+            // Rounded up so the loop never wakes a hair early and spins
+            // until the deadline.
+            timeout: left.map(|left| {
+                let left = if skip { left - BLIND_MARGIN } else { left };
+                left + Duration::from_micros(500)
+            }),
+            blind: if skip { BLIND_WAKEUPS } else { 0 },
+        };
+    }
+
+    /// How long `poll` may wait when a connection asked for another turn
+    /// (not at all) or the last wake-up found no events (what the clock
+    /// reading it made said). Otherwise the loop passes [`BLIND_POLL`] with a
+    /// deadline, or no timeout without one.
+    #[inline(always)]
+    fn poll_timeout(&self, clock: &Clock) -> Option<Duration> {
         if !self.next_turn.is_empty() {
             return Some(Duration::ZERO);
         }
-        let at = self.deadlines().into_iter().flatten().min()?;
-        // Round up so we never wake a hair early and spin until the deadline.
-        Some(at.saturating_duration_since(Instant::now()) + Duration::from_micros(500))
+        clock.timeout
     }
 
     #[inline(always)]
@@ -463,6 +577,7 @@ impl Server {
         if slot.closing {
             return;
         }
+        slot.stamp = self.idle.epoch();
         let step = slot.conn.on_ready(&mut self.ctx, ready);
         if matches!(step, Step::Keep { interest, resume: Resume::OnEvent } if interest == slot.registered)
         {
@@ -510,7 +625,10 @@ impl Server {
                     Closed::PeerDone => debug!("connection closed: token={key} peer done"),
                     Closed::Failed(kind) => debug!("connection closed: token={key} error={kind}"),
                 }
-                self.stats.count_close(why);
+                // An idle-closed one was counted when it was given up.
+                if !slot.conn.is_idle_closed() {
+                    self.stats.count_close(why);
+                }
                 slot.closing = true;
                 self.closing.push(key);
             }
@@ -527,6 +645,7 @@ impl Server {
             first = false;
             self.admit(stream, peer);
         }
+        self.count_rejected();
     }
 
     /// Accepts again on every listener, after the limit cleared or a back-off ended.
@@ -554,8 +673,9 @@ impl Server {
             registered: Interest::READABLE,
             closing: false,
             awaiting_budget: false,
+            stamp: self.idle.epoch(),
         });
-        self.acceptor.registration_succeeded();
+        self.acceptor.registration_succeeded(key);
         self.stats.accepted += 1;
         self.notifier.connections_changed();
         debug!("connection opened: peer={peer} token={key}");
@@ -640,6 +760,7 @@ impl Server {
         for key in self.closing.drain(..) {
             if let Some(mut slot) = self.slots.try_remove(key) {
                 slot.conn.release(&mut self.ctx);
+                self.acceptor.release(key);
                 if draining {
                     self.stats.left += 1;
                 }
@@ -696,6 +817,9 @@ impl Server {
             return;
         };
         self.notifier.stopping();
+        // Every connection gets the notice now; the drain's deadline bounds
+        // them instead (an idle close would end one without the notice).
+        self.idle.stop();
         // "Draining" 2: connections already in the backlog are accepted
         // (regardless of --max-connections) and drained like the others.
         for index in 0..self.acceptor.len() {
@@ -735,6 +859,7 @@ impl Server {
     /// Lets every time-driven source of [`Server::deadlines`] act on the
     /// clock, whatever the state: each knows when it has nothing to do.
     fn on_clock(&mut self, now: Instant) {
+        self.on_idle_clock(now);
         if self.acceptor.on_clock(now, self.slots.len()) {
             self.accept_all();
         }
@@ -768,11 +893,15 @@ impl Server {
     /// reading off queued input first so each close sends FIN rather than
     /// RST where it can.
     fn close_all(&mut self, why: DrainEnd) {
+        let mut idle_closed = 0;
         for (_, slot) in self.slots.iter_mut() {
             slot.conn.discard_unread(&mut self.ctx.buf);
             slot.conn.release(&mut self.ctx);
+            // Counted as idle_closed already.
+            idle_closed += u64::from(slot.conn.is_idle_closed() && !slot.closing);
         }
-        let open = (self.slots.len() - self.closing.len()) as u64;
+        self.idle.clear_lingers();
+        let open = (self.slots.len() - self.closing.len()) as u64 - idle_closed;
         match why {
             DrainEnd::Forced => self.stats.closed_forced += open,
             _ => self.stats.closed_at_deadline += open,
@@ -802,14 +931,18 @@ impl Server {
             State::Stopped { .. } => "stopped",
         };
         info!(
-            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s log_lines_dropped={} notifications_dropped={}",
+            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s log_lines_dropped={} notifications_dropped={} idle_closed={} rejected_per_ip={} idle_timeout={}s max_connections_per_ip={}",
             self.slots.len(),
             self.stats.accepted,
             self.ctx.bytes_echoed,
             self.ctx.budget.charged(),
             self.started.elapsed().as_secs_f64(),
             crate::logging::lines_dropped(),
-            self.notifier.dropped()
+            self.notifier.dropped(),
+            self.stats.idle_closed,
+            self.stats.rejected_per_ip,
+            self.config.idle_timeout.as_secs_f64(),
+            self.config.max_connections_per_ip
         );
     }
 
@@ -833,13 +966,15 @@ impl Server {
         };
         let s = &summary.stats;
         info!(
-            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={}",
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={} idle_closed={} rejected_per_ip={}",
             s.left,
             s.closed_at_deadline,
             s.closed_forced,
             s.accepted,
             s.bytes_echoed,
-            s.log_lines_dropped
+            s.log_lines_dropped,
+            s.idle_closed,
+            s.rejected_per_ip
         );
         summary
     }
