@@ -30,9 +30,13 @@ use crate::shutdown::ShutdownHandle;
 use crate::signals::SignalWatcher;
 use crate::stats::{Stats, Summary};
 
+// When the loop reads the clock (docs/design.md "Timers").
+mod clock;
 // The protections' side of the loop: the idle sweep, the lingers of
 // idle-closed connections, the per-address count (docs/protocol.md "Protections").
 mod protections;
+
+use clock::{BLIND_POLL, Clock};
 
 // Tokens. A connection's token is its slab key; fixed sources take tokens
 // from the top of the range, which no slab reaches. `source` below is the
@@ -143,48 +147,12 @@ const READ_BUFFER: usize = 64 * 1024;
 const READS_PER_EVENT: usize = 16;
 /// Events taken from the kernel per `poll`.
 const EVENTS_PER_POLL: usize = 1024;
-/// Wake-ups in a row that may skip the clock while a deadline is pending but
-/// far off, and the longest `poll` waits on each: a busy loop reads the clock
-/// once per `BLIND_WAKEUPS + 1` wake-ups instead of on every one, which is
-/// what keeps `--idle-timeout` (a deadline always pending) off the steady
-/// path's cost (docs/design.md "Timers").
-const BLIND_WAKEUPS: u32 = 64;
-/// See [`BLIND_WAKEUPS`].
-const BLIND_POLL: Duration = Duration::from_micros(2_500);
-/// How much sooner than the nearest deadline the loop wakes when it may
-/// skip the clock: the longest the skipped wake-ups can last together
-/// (160 ms), so the clock is read again before the deadline passes.
-const BLIND_MARGIN: Duration = Duration::from_micros(2_500 * 64);
 /// Freed pending memory after which the heap's free pages go back to the
 /// OS: the allocator keeps freed blocks for reuse, so without this RSS stays
 /// at its peak after never-reading clients leave (docs/protocol.md "Running").
 /// Large enough that a connection emptying its buffer now and then costs
 /// nothing; small enough that RSS follows a crowd of leaving clients.
 const TRIM_AFTER: usize = 1024 * 1024;
-
-/// What the loop knows about the time between its clock readings
-/// (docs/design.md "Timers").
-///
-/// With a deadline pending, a wake-up that found no events (the poll timed
-/// out) reads the clock and polls until the nearest deadline: an idle loop
-/// sleeps until it. A wake-up with events polls [`BLIND_POLL`] at most
-/// next. While the nearest deadline is more than [`BLIND_MARGIN`] away, the
-/// loop sleeps only until the margin begins, and then up to
-/// [`BLIND_WAKEUPS`] wake-ups with events in a row skip the clock: together
-/// they cannot outlast the margin. Otherwise, and while draining, every
-/// wake-up reads it. So a deadline known at the last reading is never
-/// served more than [`BLIND_POLL`] late; one that appears during the skips
-/// (a signal's lame duck, an accept back-off) at most the margin late.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    /// How long a poll after a wake-up without events may wait, as of the
-    /// last reading: until the nearest deadline, or until the margin before
-    /// it when the wake-ups after it may skip the clock; `None` without one.
-    timeout: Option<Duration>,
-    /// Wake-ups with events that may still skip the clock; zero: the next
-    /// one reads it.
-    blind: u32,
-}
 
 /// A connection and the server's bookkeeping about it, which the connection
 /// itself never reads.
@@ -404,10 +372,7 @@ impl Server {
         // (--idle-timeout keeps one) the clock is read at most once per
         // wake-up, and a busy loop skips it on most (see `Clock`).
         let mut timers = self.has_timers();
-        let mut clock = Clock {
-            timeout: None,
-            blind: 0,
-        };
+        let mut clock = Clock::default();
         if timers {
             self.read_clock(&mut clock);
         }
@@ -454,11 +419,7 @@ impl Server {
             }
             timers = self.has_timers();
             if timers {
-                if clock.blind == 0 || events.is_empty() || self.life.is_draining() {
-                    self.read_clock(&mut clock);
-                } else {
-                    clock.blind -= 1;
-                }
+                self.after_turn(&mut clock, events.iter().count());
             }
         }
         Ok(self.finish())
@@ -494,44 +455,6 @@ impl Server {
         self.deadlines()
             .into_iter()
             .fold(None, crate::episode::earliest)
-    }
-
-    /// Reads the clock, serves every source whose deadline has come, and
-    /// says whether the next wake-ups may skip the clock (see [`Clock`]).
-    #[inline(never)]
-    fn read_clock(&mut self, clock: &mut Clock) {
-        let now = Instant::now();
-        let mut next = self.next_deadline();
-        // Nothing is due before the nearest deadline, except the drain's end
-        // when the last connection has left, which the lifecycle checks on
-        // every turn while draining.
-        if next.is_some_and(|at| now >= at) || self.life.is_draining() {
-            self.on_clock(now);
-            next = self.next_deadline();
-        }
-        let left = next.map(|at| at.saturating_duration_since(now));
-        let skip = left.is_some_and(|left| left > BLIND_MARGIN) && !self.life.is_draining();
-        *clock = Clock {
-            // Rounded up so the loop never wakes a hair early and spins
-            // until the deadline.
-            timeout: left.map(|left| {
-                let left = if skip { left - BLIND_MARGIN } else { left };
-                left + Duration::from_micros(500)
-            }),
-            blind: if skip { BLIND_WAKEUPS } else { 0 },
-        };
-    }
-
-    /// How long `poll` may wait when a connection asked for another turn
-    /// (not at all) or the last wake-up found no events (what the clock
-    /// reading it made said). Otherwise the loop passes [`BLIND_POLL`] with a
-    /// deadline, or no timeout without one.
-    #[inline(always)]
-    fn poll_timeout(&self, clock: &Clock) -> Option<Duration> {
-        if !self.next_turn.is_empty() {
-            return Some(Duration::ZERO);
-        }
-        clock.timeout
     }
 
     #[inline(always)]
@@ -1014,9 +937,11 @@ mod tests {
 
     #[test]
     fn the_ranges_do_not_overlap() {
-        assert!(HEALTH_LISTENER_TOKEN.0 > HEALTH_BASE);
-        assert!(HEALTH_BASE - HEALTH_SLOTS >= UDP_BASE);
-        assert!(UDP_BASE - crate::config::MAX_UDP_SOCKETS >= LISTENER_BASE);
-        assert!(LISTENER_BASE - crate::config::MAX_LISTENERS >= FIRST_FIXED);
+        const {
+            assert!(HEALTH_LISTENER_TOKEN.0 > HEALTH_BASE);
+            assert!(HEALTH_BASE - HEALTH_SLOTS >= UDP_BASE);
+            assert!(UDP_BASE - crate::config::MAX_UDP_SOCKETS >= LISTENER_BASE);
+            assert!(LISTENER_BASE - crate::config::MAX_LISTENERS >= FIRST_FIXED);
+        }
     }
 }

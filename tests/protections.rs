@@ -114,6 +114,34 @@ fn an_idle_connection_with_echo_it_does_not_read_is_closed_with_fin_after_what_w
 }
 
 #[test]
+fn an_idle_server_with_an_idle_timeout_wakes_only_for_its_sweeps() {
+    // Sweeps every second (a quarter of 4 s). The loop skips the clock on a
+    // busy run of wake-ups (docs/design.md "Timers"): once the traffic
+    // stops it must go back to sleeping until the next sweep, not poll
+    // every few milliseconds.
+    let mut echod = Echod::spawn(&["--idle-timeout", "4"]);
+    let mut conn = echod.connect();
+    for i in 0..200u32 {
+        let msg = i.to_string();
+        assert_eq!(round_trip(&mut conn, msg.as_bytes()), msg.as_bytes());
+    }
+    // A short explicit window (no OS event says "did not wake"): two sweeps
+    // are about four wake-ups; polling every 3 ms would be hundreds.
+    let before = voluntary_switches(echod.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let wakeups = voluntary_switches(echod.pid()) - before;
+    eprintln!("note: {wakeups} wake-ups in 2 s");
+    assert!(
+        wakeups < 20,
+        "echod woke {wakeups} times in 2 s with one quiet connection\n{}",
+        echod.stderr()
+    );
+    // Quiet for less than the timeout: still served.
+    assert_eq!(round_trip(&mut conn, b"still"), b"still");
+    assert_eq!(field(&echod.stats(), "idle_closed"), 0);
+}
+
+#[test]
 fn the_sixth_connection_from_one_address_is_closed_at_once_while_another_address_is_served() {
     let mut echod = Echod::spawn(&["--max-connections-per-ip", "5"]);
     let addr = echod.addr();

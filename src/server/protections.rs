@@ -146,8 +146,9 @@ mod tests {
     #[test]
     fn the_idle_stamp_fits_in_the_slot_padding() {
         // docs/protocol.md "Protections": no memory per connection for the
-        // idle timeout. 48 bytes before the stamp (release builds; debug
-        // builds carry mio's selector id in each socket).
+        // idle timeout. 48 bytes before the stamp too (release builds,
+        // `cargo test --release`; debug builds carry mio's selector id in
+        // each socket).
         let slot = std::mem::size_of::<Slot>();
         let limit = if cfg!(debug_assertions) { 64 } else { 48 };
         assert!(slot <= limit, "Slot is {slot} bytes");
