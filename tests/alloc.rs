@@ -8,12 +8,16 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::{Read, Write};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 struct Counting;
 
 static SERVER_ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+/// One server at a time: the counter is shared by every server thread.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 thread_local! {
     static IS_SERVER: Cell<bool> = const { Cell::new(false) };
@@ -61,11 +65,30 @@ fn round_trips(clients: &mut [std::net::TcpStream], rounds: usize) {
 
 #[test]
 fn echoing_allocates_nothing_per_message_once_connections_are_established() {
-    let config = echod::Config {
+    assert_no_allocation_per_message(echod::Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        drain_timeout: Duration::from_secs(10),
+        ..echod::Config::default()
+    });
+}
+
+/// docs/protocol.md "Protections": the idle timeout's stamps and sweeps
+/// (every 250 ms here, and the messages are counted for over a second) and
+/// the per-address limit allocate nothing per message either.
+#[test]
+fn the_idle_timeout_and_the_per_address_limit_allocate_nothing_per_message() {
+    let mut config = echod::Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         drain_timeout: Duration::from_secs(10),
         ..echod::Config::default()
     };
+    config.idle_timeout = Duration::from_secs(1);
+    config.max_connections_per_ip = 100;
+    assert_no_allocation_per_message(config);
+}
+
+fn assert_no_allocation_per_message(config: echod::Config) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let server = echod::Server::bind(config).unwrap();
     let addr = server.local_addrs()[0];
     let handle = server.shutdown_handle();
@@ -82,14 +105,20 @@ fn echoing_allocates_nothing_per_message_once_connections_are_established() {
         before > 0,
         "the counting allocator saw no server allocation at all"
     );
-    round_trips(&mut clients, 2_000);
+    // At least 2,000 rounds and 1.2 s, so that timers come due meanwhile.
+    let window = std::time::Instant::now();
+    let mut rounds = 0;
+    while rounds < 2_000 || window.elapsed() < Duration::from_millis(1_200) {
+        round_trips(&mut clients, 100);
+        rounds += 100;
+    }
     let after = SERVER_ALLOCS.load(Ordering::SeqCst);
     assert_eq!(
         after - before,
         0,
         "the server allocated {} times over {} echoed messages",
         after - before,
-        16 * 2_000
+        16 * rounds
     );
     handle.drain();
     for c in &mut clients {
