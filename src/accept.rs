@@ -1,6 +1,7 @@
-//! `Acceptor`: the listeners, admission at `--max-connections`, and the
-//! back-off after a failed accept (docs/protocol.md "Running", "Command line"
-//! `--backlog`, "Operations" socket activation).
+//! `Acceptor`: the listeners, admission at `--max-connections` and
+//! `--max-connections-per-ip`, and the back-off after a failed accept
+//! (docs/protocol.md "Running", "Protections", "Command line" `--backlog`,
+//! "Operations" socket activation).
 //!
 //! The acceptor owns the listening sockets and decides whether the next
 //! connection may be taken; it hands each accepted stream to the server,
@@ -9,7 +10,7 @@
 //! never decides the drain: the server asks it once more for the backlog
 //! ([`Acceptor::accept`]) and then closes it ([`Acceptor::close`]), after
 //! which it is a dead time-driven source that answers `None`.
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::Config;
 use crate::episode::{Episode, QUIET, earliest};
 use crate::error::Error;
+use crate::per_ip::{Admit, PerIp, Source};
 
 /// A bound listener and the address it really got.
 #[derive(Debug)]
@@ -200,6 +202,24 @@ pub(crate) struct Acceptor {
     max_connections: usize,
     /// Whether accepting is paused, why, and the episodes of its warnings.
     state: AcceptState,
+    /// `--max-connections-per-ip`: open connections per source, and when to
+    /// warn (docs/protocol.md "Protections"). Empty and unused when off.
+    per_ip: PerIp,
+    /// Each admitted connection's source, by slab key, for
+    /// [`Acceptor::release`]; only while the limit is on (empty otherwise,
+    /// so the default costs no memory per connection), and freed whenever
+    /// no source holds a connection. Kept here, not asked of the socket at
+    /// close: that would be a system call, and fails once the peer reset.
+    sources: Vec<Option<Source>>,
+    /// The source of the connection [`Acceptor::accept`] just handed out,
+    /// until the server says whether it registered it.
+    admitting: Option<Source>,
+    /// This accept batch's time, read at most once per batch and only when
+    /// the per-address limit looks at a connection.
+    batch_now: Option<Instant>,
+    /// Connections closed by the per-address limit since the server last
+    /// took the count ([`Acceptor::take_rejected`]).
+    rejected: u64,
 }
 
 impl Acceptor {
@@ -260,6 +280,11 @@ impl Acceptor {
             listeners,
             max_connections: config.max_connections,
             state: AcceptState::default(),
+            per_ip: PerIp::new(config.max_connections_per_ip, config.max_connections),
+            sources: Vec::new(),
+            admitting: None,
+            batch_now: None,
+            rejected: 0,
         }
     }
 
@@ -314,6 +339,15 @@ impl Acceptor {
     /// pauses for [`BACKOFF`], warning once per episode of failures: the loop
     /// keeps serving, and it does not spin, because the edge-triggered
     /// listener does not report the waiting clients again.
+    ///
+    /// With `--max-connections-per-ip`, a connection whose source already
+    /// holds the limit is closed here and never handed out (docs/protocol.md
+    /// "Protections"); the next one is accepted instead. The drain's backlog
+    /// ([`Admission::Backlog`]) is taken whatever the limit says. The server
+    /// then says whether it registered the connection it got
+    /// ([`Acceptor::registration_succeeded`] with its key, or
+    /// [`Acceptor::registration_failed`]), and [`Acceptor::release`]s its key
+    /// when it closes.
     pub(crate) fn accept(
         &mut self,
         index: usize,
@@ -322,6 +356,9 @@ impl Acceptor {
         first: bool,
     ) -> Option<(mio::net::TcpStream, SocketAddr)> {
         let limited = admission == Admission::Limited;
+        if first {
+            self.batch_now = None;
+        }
         if limited && self.state.is_backing_off() {
             return None;
         }
@@ -335,11 +372,15 @@ impl Acceptor {
             }
             return None;
         }
-        let listener = self.listeners.get(index)?;
+        let addr = self.listeners.get(index)?.addr;
         loop {
-            match listener.socket.accept() {
+            let accepted = self.listeners.get(index)?.socket.accept();
+            match accepted {
                 Ok((stream, peer)) => {
                     self.state.did_not_fail();
+                    if limited && self.per_ip.is_enabled() && !self.admit_source(&stream, peer) {
+                        continue;
+                    }
                     // Echo replies are written as soon as the bytes arrive;
                     // Nagle would hold a small echo behind an unacknowledged one.
                     let _ = stream.set_nodelay(true);
@@ -357,7 +398,7 @@ impl Acceptor {
                     if self.state.failed() {
                         warn!(
                             "cannot accept: listener={} error={}; pausing accepts for {}ms at a time, open connections are still served",
-                            listener.addr,
+                            addr,
                             crate::error::os_reason(&err),
                             BACKOFF.as_millis()
                         );
@@ -385,9 +426,49 @@ impl Acceptor {
         true
     }
 
+    /// Asks the per-address table about a connection just accepted from
+    /// `peer`. True to serve it; false when it was closed here: its source
+    /// already holds the limit (or the table could not take a new source).
+    /// Input that already arrived is read off first, so the close is a FIN,
+    /// not a reset, and nothing is sent (docs/protocol.md "Protections").
+    #[cold]
+    #[inline(never)]
+    fn admit_source(&mut self, stream: &mio::net::TcpStream, peer: SocketAddr) -> bool {
+        let now = *self.batch_now.get_or_insert_with(Instant::now);
+        let source = Source::of(peer.ip());
+        let warn_now = match self.per_ip.admit(source, now) {
+            Admit::Accepted => {
+                self.admitting = Some(source);
+                return true;
+            }
+            Admit::Rejected { warn } => warn,
+            Admit::NoRoom => false,
+        };
+        if warn_now {
+            warn!(
+                "per-address limit reached: source={source} limit={}; new connections from it are closed",
+                self.per_ip.limit()
+            );
+        }
+        debug!("connection rejected: peer={peer} source={source} per-address limit");
+        discard_input(stream);
+        self.rejected += 1;
+        // The caller drops the stream: the close sends FIN.
+        false
+    }
+
+    /// Connections closed by the per-address limit since the last call.
+    #[inline]
+    pub(crate) fn take_rejected(&mut self) -> u64 {
+        std::mem::take(&mut self.rejected)
+    }
+
     /// A connection accepted but not registered with the `Poll` (it is
     /// closed): warned once per episode of such failures.
     pub(crate) fn registration_failed(&mut self, peer: SocketAddr, err: &io::Error) {
+        if let Some(source) = self.admitting.take() {
+            self.per_ip.release(source);
+        }
         if self.state.registration_failed() {
             warn!(
                 "cannot register connection: peer={peer} error={}; such connections are closed",
@@ -396,10 +477,55 @@ impl Acceptor {
         }
     }
 
-    /// A connection was registered: an episode of registration failures may end.
+    /// The connection just handed out was registered with slab key `key`:
+    /// an episode of registration failures may end, and its source (with the
+    /// per-address limit on) is kept for [`Acceptor::release`].
     #[inline]
-    pub(crate) fn registration_succeeded(&mut self) {
+    pub(crate) fn registration_succeeded(&mut self, key: usize) {
         self.state.registered();
+        if let Some(source) = self.admitting.take() {
+            self.remember(key, source);
+        }
+    }
+
+    /// Keeps `source` as connection `key`'s. If the list cannot grow (an
+    /// allocation failed) the connection is served uncounted rather than
+    /// the process aborting: its count is given back at once.
+    #[cold]
+    fn remember(&mut self, key: usize, source: Source) {
+        if key >= self.sources.len() {
+            let grow = key + 1 - self.sources.len();
+            if self.sources.try_reserve(grow).is_err() {
+                self.per_ip.release(source);
+                return;
+            }
+            self.sources.resize(key + 1, None);
+        }
+        if let Some(entry) = self.sources.get_mut(key) {
+            *entry = Some(source);
+        }
+    }
+
+    /// Connection `key` closed: its source's count goes down (with the
+    /// per-address limit on; otherwise nothing is kept and this is one test).
+    #[inline]
+    pub(crate) fn release(&mut self, key: usize) {
+        if !self.sources.is_empty() {
+            self.release_source(key);
+        }
+    }
+
+    #[cold]
+    fn release_source(&mut self, key: usize) {
+        if let Some(source) = self.sources.get_mut(key).and_then(Option::take) {
+            self.per_ip.release(source);
+        }
+        if self.per_ip.is_empty() && self.sources.capacity() > 64 {
+            // No source holds a connection, so every entry is None: give a
+            // big list back (a small one is kept, so one client coming and
+            // going costs no allocation).
+            self.sources = Vec::new();
+        }
     }
 
     /// Closes the acceptor (the drain began): hands back the listeners for
@@ -411,7 +537,28 @@ impl Acceptor {
     /// end (issue 8).
     pub(crate) fn close(&mut self) -> Vec<Listener> {
         self.state = AcceptState::default();
+        // The per-address table too: nothing is admitted any more, and the
+        // connections still open are drained whatever their source.
+        self.per_ip.clear();
+        self.sources = Vec::new();
+        self.admitting = None;
         std::mem::take(&mut self.listeners)
+    }
+}
+
+/// Reads off what a rejected connection already sent (bounded), so that
+/// closing it sends FIN, not a reset: the kernel resets a socket closed with
+/// unread input.
+fn discard_input(stream: &mio::net::TcpStream) {
+    let mut buf = [0u8; 2048];
+    let mut reader = stream;
+    for _ in 0..32 {
+        match reader.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -65,6 +65,12 @@ pub struct Config {
     /// UDP replies a second over all `udp` sockets together, the reflection
     /// guard's budget (docs/protocol.md "UDP echo (RFC 862)"); at least 1.
     pub udp_max_rate: u32,
+    /// A connection that has received and sent nothing this long is closed
+    /// (FIN, no notice); zero means never (docs/protocol.md "Protections").
+    pub idle_timeout: Duration,
+    /// Connections one source (an IPv4 address or an IPv6 /64) may hold at
+    /// once; more are closed at once with nothing sent; zero means no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Config {
@@ -82,6 +88,8 @@ impl Default for Config {
             health: None,
             udp: Vec::new(),
             udp_max_rate: 10_000,
+            idle_timeout: Duration::ZERO,
+            max_connections_per_ip: 0,
         }
     }
 }

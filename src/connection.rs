@@ -65,6 +65,11 @@ pub enum Phase {
     Noticing,
     /// The notice is sent and the write side is shut; input is read and discarded until EOF.
     Lingering,
+    /// Closed as idle ([`Connection::give_up`], docs/protocol.md
+    /// "Protections"): pending echo dropped, the write side shut without a
+    /// notice; input is read and discarded until EOF, for at most a second
+    /// (the server's linger queue closes it then). A drain leaves it so.
+    IdleLingering,
 }
 
 /// What the loop should do with a connection after a step.
@@ -308,7 +313,12 @@ impl<S: Stream> Connection<S> {
 
     /// Starts this connection's drain (docs/protocol.md "Draining" 3): the bytes in the
     /// receive buffer right now are owed an echo, then the notice follows.
+    /// A connection already closed as idle gets no notice: its write side is
+    /// shut and it only waits to be closed.
     pub fn begin_drain(&mut self, ctx: &mut Ctx) -> Step {
+        if self.phase == Phase::IdleLingering {
+            return self.next_step(Resume::OnEvent);
+        }
         let owed = if self.input == Input::Closed {
             0
         } else {
@@ -320,6 +330,42 @@ impl<S: Stream> Connection<S> {
         };
         self.phase = Phase::Draining { owed };
         self.on_ready(ctx, Readiness::READABLE)
+    }
+
+    /// True when the connection is in normal service (echoing), the only
+    /// phase the idle timeout applies to.
+    #[inline]
+    pub fn is_echoing(&self) -> bool {
+        self.phase == Phase::Echoing
+    }
+
+    /// True once [`Connection::give_up`] closed it as idle.
+    #[inline]
+    pub fn is_idle_closed(&self) -> bool {
+        self.phase == Phase::IdleLingering
+    }
+
+    /// Closes an idle connection (docs/protocol.md "Protections"): gives up
+    /// its pending echo (returning the charge to the budget), shuts down the
+    /// write side (FIN after whatever the kernel already holds; no notice,
+    /// the service is not going away), and from then on reads and discards
+    /// input until EOF. The server closes it after at most a second of
+    /// that; reading the input off first makes that close a FIN, not a reset.
+    pub fn give_up(&mut self, ctx: &mut Ctx) -> Step {
+        self.pending.release(&mut ctx.budget);
+        self.phase = Phase::IdleLingering;
+        if let Err(err) = self.stream.shutdown_write() {
+            return Step::Close(Closed::Failed(err.kind()));
+        }
+        let resume = if self.input == Input::Closed {
+            Resume::OnEvent
+        } else {
+            match self.discard(ctx) {
+                Ok(resume) => resume,
+                Err(err) => return Step::Close(Closed::Failed(err.kind())),
+            }
+        };
+        self.next_step(resume)
     }
 
     /// Reads and drops whatever input is queued (bounded), so that closing
@@ -348,7 +394,9 @@ impl<S: Stream> Connection<S> {
         let mut resume = Resume::OnEvent;
         match self.phase {
             Phase::Echoing | Phase::Draining { .. } if may_read => resume = self.pump(ctx)?,
-            Phase::Lingering if may_read => resume = self.discard(ctx)?,
+            Phase::Lingering | Phase::IdleLingering if may_read => {
+                resume = self.discard(ctx)?;
+            }
             _ => {}
         }
         if let Phase::Draining { owed } = self.phase {
@@ -527,11 +575,11 @@ impl<S: Stream> Connection<S> {
                 }
                 Interest::WRITABLE
             }
-            Phase::Lingering if self.input == Input::Closed => {
+            Phase::Lingering | Phase::IdleLingering if self.input == Input::Closed => {
                 return Step::Close(Closed::PeerDone);
             }
             Phase::Noticing => Interest::WRITABLE,
-            Phase::Lingering => Interest::READABLE,
+            Phase::Lingering | Phase::IdleLingering => Interest::READABLE,
             Phase::Echoing | Phase::Draining { .. } => {
                 if self.pending.is_empty() {
                     Interest::READABLE
@@ -1139,6 +1187,86 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn an_idle_close_gives_up_pending_echo_and_sends_fin_without_the_notice() {
+        // docs/protocol.md "Protections": a never-reader holds pending echo.
+        let mut c = Ctx::new(4096, NOTICE, 8192, usize::MAX, 4);
+        let mut conn = never_reader(100);
+        conn.on_ready(&mut c, ready());
+        assert_eq!(conn.pending_len(), 100);
+        assert!(conn.is_echoing());
+        let step = conn.give_up(&mut c);
+        assert_eq!(conn.pending_len(), 0);
+        assert_eq!(c.budget.charged(), 0, "the charge goes back to the budget");
+        assert!(conn.stream.shut, "FIN");
+        assert!(conn.is_idle_closed() && !conn.is_echoing());
+        assert_eq!(
+            step,
+            Step::Keep {
+                interest: Interest::READABLE,
+                resume: Resume::OnEvent
+            }
+        );
+        // Input that arrives now is read and dropped, never echoed.
+        conn.stream.input.extend_from_slice(b"late");
+        conn.stream.arrived += 4;
+        conn.stream.peer_eof = true;
+        let step = conn.on_ready(
+            &mut c,
+            Readiness {
+                readable: true,
+                eof_reported: true,
+            },
+        );
+        assert_eq!(step, Step::Close(Closed::PeerDone));
+        assert!(conn.stream.output.is_empty(), "nothing was ever written");
+    }
+
+    #[test]
+    fn a_drain_gives_an_idle_closed_connection_no_notice() {
+        let mut c = ctx(64, 1024);
+        let mut conn = Connection::new(Fake {
+            read_caps: vec![100],
+            write_caps: vec![100],
+            ..Fake::default()
+        });
+        conn.give_up(&mut c);
+        let step = conn.begin_drain(&mut c);
+        assert!(conn.is_idle_closed());
+        assert!(conn.stream.output.is_empty());
+        assert_eq!(
+            step,
+            Step::Keep {
+                interest: Interest::READABLE,
+                resume: Resume::OnEvent
+            }
+        );
+    }
+
+    #[test]
+    fn an_idle_close_of_a_half_closed_connection_ends_it_at_once() {
+        let mut c = ctx(64, 1024);
+        let mut conn = Connection::new(Fake {
+            input: vec![1; 10],
+            arrived: 10,
+            peer_eof: true,
+            read_caps: vec![usize::MAX],
+            write_caps: vec![0],
+            ..Fake::default()
+        });
+        // Read everything and the EOF; the echo stays pending (never read).
+        let step = conn.on_ready(
+            &mut c,
+            Readiness {
+                readable: true,
+                eof_reported: true,
+            },
+        );
+        assert!(matches!(step, Step::Keep { .. }), "{step:?}");
+        assert_eq!(conn.give_up(&mut c), Step::Close(Closed::PeerDone));
+        assert!(conn.stream.shut);
     }
 }
 

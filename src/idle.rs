@@ -122,11 +122,13 @@ impl IdleSweep {
     }
 
     /// True when there is a timeout and sweeping has not stopped.
+    #[cfg(test)] // Used by the unit tests only.
     pub fn is_enabled(&self) -> bool {
         self.next.is_some()
     }
 
     /// Time between sweeps (zero when there is no timeout).
+    #[cfg(test)] // Used by the unit tests only.
     pub fn interval(&self) -> Duration {
         self.interval
     }
@@ -245,13 +247,95 @@ impl LingerQueue {
     }
 
     /// Lingers not yet over.
+    #[cfg(test)] // Used by the unit tests only.
     pub fn len(&self) -> usize {
         self.queue.len()
     }
 
     /// True when no linger is running.
+    #[cfg(test)] // Used by the unit tests only.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+}
+
+/// The idle timeout as one time-driven source of the loop: the sweep's
+/// schedule and the lingers of idle-closed connections, with the nearer of
+/// their deadlines stored after every change (like the acceptor's), so the
+/// loop's question on every turn, [`IdleClock::next_wakeup`], is one load.
+#[derive(Debug)]
+pub struct IdleClock {
+    /// The epoch and the sweep's schedule.
+    sweep: IdleSweep,
+    /// Idle-closed connections reading off their input.
+    lingering: LingerQueue,
+    /// The earlier of the next sweep and the oldest linger's end; kept by
+    /// [`IdleClock::schedule`] after every change.
+    next: Option<Instant>,
+}
+
+impl IdleClock {
+    /// The source for `timeout` (zero: no sweep, no deadline), starting at `now`.
+    pub fn new(timeout: Duration, now: Instant) -> Self {
+        let sweep = IdleSweep::new(timeout, now);
+        let next = sweep.next_wakeup();
+        IdleClock {
+            sweep,
+            lingering: LingerQueue::default(),
+            next,
+        }
+    }
+
+    /// The current epoch, to stamp a connection with on every event.
+    #[inline(always)]
+    pub fn epoch(&self) -> Stamp {
+        self.sweep.epoch()
+    }
+
+    /// When [`IdleClock::sweep_due`] or [`IdleClock::pop_linger_due`] next
+    /// has something to do; `None` with no timeout, or once sweeping stopped
+    /// and no linger is left.
+    #[inline(always)]
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// A sweep's verdict when one is due at `now` (the epoch moves on).
+    pub fn sweep_due(&mut self, now: Instant) -> Option<Sweep> {
+        let verdict = self.sweep.on_clock(now);
+        self.schedule();
+        verdict
+    }
+
+    /// Starts `key`'s linger at `now`; false when the queue could not grow.
+    pub fn linger(&mut self, key: usize, now: Instant) -> bool {
+        let pushed = self.lingering.push(key, now);
+        self.schedule();
+        pushed
+    }
+
+    /// The next key whose linger is over at `now`; call until `None`.
+    pub fn pop_linger_due(&mut self, now: Instant) -> Option<usize> {
+        let key = self.lingering.pop_due(now);
+        self.schedule();
+        key
+    }
+
+    /// Stops sweeping for good (the drain began); lingers run on.
+    pub fn stop(&mut self) {
+        self.sweep.stop();
+        self.schedule();
+    }
+
+    /// Forgets every linger (every connection was closed).
+    pub fn clear_lingers(&mut self) {
+        self.lingering = LingerQueue::default();
+        self.schedule();
+    }
+
+    fn schedule(&mut self) {
+        self.next =
+            crate::episode::earliest(self.sweep.next_wakeup(), self.lingering.next_wakeup());
     }
 }
 
@@ -464,6 +548,28 @@ mod tests {
         assert_eq!(lingering.pop_due(t0 + secs(5)), Some(3));
         assert!(lingering.is_empty());
         assert_eq!(lingering.next_wakeup(), None);
+    }
+
+    #[test]
+    fn the_idle_clock_says_the_nearer_of_the_sweep_and_the_lingers() {
+        let t0 = Instant::now();
+        let mut clock = IdleClock::new(secs(8), t0);
+        assert_eq!(clock.next_wakeup(), Some(t0 + secs(2)));
+        assert!(clock.linger(4, t0 + ms(500)));
+        assert_eq!(clock.next_wakeup(), Some(t0 + ms(1_500)));
+        assert_eq!(clock.pop_linger_due(t0 + ms(1_000)), None);
+        assert_eq!(clock.pop_linger_due(t0 + ms(1_500)), Some(4));
+        assert_eq!(clock.next_wakeup(), Some(t0 + secs(2)));
+        assert!(clock.sweep_due(t0 + secs(2)).is_some());
+        assert_eq!(clock.epoch(), 1);
+        assert_eq!(clock.next_wakeup(), Some(t0 + secs(4)));
+        // The drain: no more sweeps, but a linger still ends on time.
+        assert!(clock.linger(9, t0 + secs(3)));
+        clock.stop();
+        assert_eq!(clock.next_wakeup(), Some(t0 + secs(4)));
+        clock.clear_lingers();
+        assert_eq!(clock.next_wakeup(), None);
+        assert_eq!(IdleClock::new(Duration::ZERO, t0).next_wakeup(), None);
     }
 
     /// The cost of one sweep over 10,000 connections, with the stamp inside a

@@ -38,7 +38,9 @@
 //!   the text format.
 //! - `udp.rs`: UDP echo (`--udp`, RFC 862), its reflection guards and
 //!   counters ([`UdpStats`]); `udp/sockets.rs`: a server's set of them.
-//! - `idle.rs`, `per_ip.rs`: the idle timeout and the per-address limit.
+//! - `idle.rs`, `per_ip.rs` (and `server/protections.rs`, `server/clock.rs`):
+//!   the idle timeout, the per-address limit, and when the loop reads its
+//!   clock.
 //! - `sys.rs`: the only `unsafe` and libc-level code, and no policy.
 //! - `error.rs`: [`Error`] for start-up and loop-fatal failures.
 //!
@@ -71,10 +73,6 @@ mod episode;
 mod error;
 mod handover;
 mod health;
-// Pure pieces not yet wired into the loop: the per-address limit
-// (--max-connections-per-ip) and the idle sweep (--idle-timeout). Private
-// until the server uses them; dead code until then.
-#[allow(dead_code)]
 mod idle;
 // The echod binary's logger. It shares stderr's never-waiting writer with
 // the third signal's handler (signals.rs), and both keep their system calls
@@ -85,7 +83,6 @@ mod idle;
 pub mod logging;
 mod memory;
 mod notify;
-#[allow(dead_code)]
 mod per_ip;
 mod server;
 mod shutdown;

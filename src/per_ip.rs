@@ -135,11 +135,18 @@ impl PerIp {
     }
 
     /// True when a limit is set.
+    #[inline]
     pub fn is_enabled(&self) -> bool {
         self.limit != 0
     }
 
+    /// The limit: connections one source may hold (0 = no limit).
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
     /// Sources that hold at least one open connection.
+    #[cfg(test)] // Used by the unit tests only.
     pub fn len(&self) -> usize {
         self.table.len()
     }

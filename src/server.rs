@@ -25,6 +25,7 @@ use crate::connection::{Closed, Connection, Ctx, Readiness, Resume, Step};
 use crate::drain::{DrainEnd, DrainReason, Due, Lifecycle, Signalled, State};
 use crate::error::Error;
 use crate::health::{Health, MetricsSnapshot};
+use crate::idle::{IdleClock, Stamp};
 use crate::notify::Notifier;
 use crate::shutdown::ShutdownHandle;
 use crate::signals::SignalWatcher;
@@ -38,6 +39,14 @@ mod handover;
 mod sockets;
 
 pub use sockets::Sockets;
+
+// When the loop reads the clock (docs/design.md "Timers").
+mod clock;
+// The protections' side of the loop: the idle sweep, the lingers of
+// idle-closed connections, the per-address count (docs/protocol.md "Protections").
+mod protections;
+
+use clock::{BLIND_POLL, Clock};
 
 // Tokens. A connection's token is its slab key; fixed sources take tokens
 // from the top of the range, which no slab reaches. `source` below is the
@@ -173,6 +182,10 @@ struct Slot {
     /// Its key is in the server's `waiters` (it waits for memory), so it is
     /// listed once.
     awaiting_budget: bool,
+    /// The idle sweep's epoch at its last event (docs/protocol.md
+    /// "Protections"): a two-byte store per event, no clock read; it fits
+    /// in the slot's padding.
+    stamp: Stamp,
 }
 
 /// The echo server: bound, then run on the caller's thread.
@@ -256,6 +269,11 @@ pub struct Server {
     /// read per wake-up that has any, none on a TCP-only turn. Cleared
     /// before every poll.
     udp_now: Option<Instant>,
+    /// `--idle-timeout`: the sweep's epoch (what slots are stamped with)
+    /// and schedule, and the lingers of idle-closed connections (each
+    /// closed after at most a second); a dead source without a timeout, and
+    /// once the drain began and the last linger ended.
+    idle: IdleClock,
 }
 
 impl Server {
@@ -364,6 +382,7 @@ impl Server {
             health_wakeup: None,
             udp,
             udp_now: None,
+            idle: IdleClock::new(config.idle_timeout, Instant::now()),
             config,
         })
     }
@@ -438,17 +457,33 @@ impl Server {
         let mut events = Events::with_capacity(EVENTS_PER_POLL);
         self.notifier.ready(self.slots.len());
         // Whether anything time-driven is pending; checked once per turn so
-        // the steady path reads no clock at all.
+        // the steady path reads no clock at all without a timer. With one
+        // (--idle-timeout keeps one) the clock is read at most once per
+        // wake-up, and a busy loop skips it on most (see `Clock`).
         let mut timers = self.has_timers();
+        let mut clock = Clock::default();
+        if timers {
+            self.read_clock(&mut clock);
+        }
         while !self.life.is_stopped() {
-            let timeout = if timers || !self.next_turn.is_empty() {
-                self.poll_timeout()
+            // The two common cases pass constants, so that mio's conversion
+            // of the timeout to milliseconds folds away (17 instructions per
+            // wake-up under callgrind).
+            let polled = if !self.next_turn.is_empty() || (timers && events.is_empty()) {
+                self.poll.poll(&mut events, self.poll_timeout(&clock))
+            } else if timers {
+                self.poll.poll(&mut events, Some(BLIND_POLL))
             } else {
-                None
+                self.poll.poll(&mut events, None)
             };
             self.udp_now = None;
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
+            if let Err(err) = polled {
                 if err.kind() == std::io::ErrorKind::Interrupted {
+                    // A signal (no events): the time spent waiting must not
+                    // be waited again.
+                    if timers {
+                        self.read_clock(&mut clock);
+                    }
                     continue;
                 }
                 error!("event loop failed: {err}");
@@ -478,19 +513,20 @@ impl Server {
             }
             timers = self.has_timers();
             if timers {
-                self.on_clock(Instant::now());
+                self.after_turn(&mut clock, events.iter().count());
             }
         }
         Ok(self.finish())
     }
 
-    /// Every time-driven source's next deadline. [`Server::has_timers`],
-    /// [`Server::poll_timeout`] and [`Server::on_clock`] all start from this
-    /// one list, in every state, so they cannot disagree about which source
-    /// is live (a dead source answers `None`): that disagreement is how a
-    /// drain once woke the loop 900 times a second (issue 8).
+    /// Every time-driven source's next deadline. [`Server::next_deadline`],
+    /// and through it the poll timeout and the call of [`Server::on_clock`],
+    /// start from this one list, in every state, so they cannot disagree
+    /// about which source is live (a dead source answers `None`): that
+    /// disagreement is how a drain once woke the loop 900 times a second
+    /// (issue 8).
     #[inline(always)]
-    fn deadlines(&self) -> [Option<Instant>; 5] {
+    fn deadlines(&self) -> [Option<Instant>; 6] {
         [
             self.life.next_wakeup(),
             self.acceptor.next_wakeup(),
@@ -501,6 +537,7 @@ impl Server {
             // health connections closed in the batch are removed (after the
             // batch, so a key is never reused while the batch may name it).
             self.health_wakeup,
+            self.idle.next_wakeup(),
         ]
     }
 
@@ -511,13 +548,13 @@ impl Server {
         self.deadlines().iter().any(Option::is_some)
     }
 
-    fn poll_timeout(&self) -> Option<Duration> {
-        if !self.next_turn.is_empty() {
-            return Some(Duration::ZERO);
-        }
-        let at = self.deadlines().into_iter().flatten().min()?;
-        // Round up so we never wake a hair early and spin until the deadline.
-        Some(at.saturating_duration_since(Instant::now()) + Duration::from_micros(500))
+    /// The nearest of [`Server::deadlines`]; `None` when nothing
+    /// time-driven is pending.
+    #[inline(always)]
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines()
+            .into_iter()
+            .fold(None, crate::episode::earliest)
     }
 
     #[inline(always)]
@@ -562,6 +599,7 @@ impl Server {
         if slot.closing {
             return;
         }
+        slot.stamp = self.idle.epoch();
         let step = slot.conn.on_ready(&mut self.ctx, ready);
         if matches!(step, Step::Keep { interest, resume: Resume::OnEvent } if interest == slot.registered)
         {
@@ -609,7 +647,10 @@ impl Server {
                     Closed::PeerDone => debug!("connection closed: token={key} peer done"),
                     Closed::Failed(kind) => debug!("connection closed: token={key} error={kind}"),
                 }
-                self.stats.count_close(why);
+                // An idle-closed one was counted when it was given up.
+                if !slot.conn.is_idle_closed() {
+                    self.stats.count_close(why);
+                }
                 slot.closing = true;
                 self.closing.push(key);
             }
@@ -661,6 +702,7 @@ impl Server {
             first = false;
             self.admit(stream, peer);
         }
+        self.count_rejected();
     }
 
     /// Accepts again on every listener, after the limit cleared or a back-off ended.
@@ -688,8 +730,9 @@ impl Server {
             registered: Interest::READABLE,
             closing: false,
             awaiting_budget: false,
+            stamp: self.idle.epoch(),
         });
-        self.acceptor.registration_succeeded();
+        self.acceptor.registration_succeeded(key);
         self.stats.accepted += 1;
         self.notifier.connections_changed();
         debug!("connection opened: peer={peer} token={key}");
@@ -774,6 +817,7 @@ impl Server {
         for key in self.closing.drain(..) {
             if let Some(mut slot) = self.slots.try_remove(key) {
                 slot.conn.release(&mut self.ctx);
+                self.acceptor.release(key);
                 if draining {
                     self.stats.left += 1;
                 }
@@ -841,6 +885,9 @@ impl Server {
         self.notifier.stopping();
         // No take-over once draining; a hand-over already let go of it.
         self.withdraw_take_over();
+        // Every connection gets the notice now; the drain's deadline bounds
+        // them instead (an idle close would end one without the notice).
+        self.idle.stop();
         // "Draining" 2: connections already in the backlog are accepted
         // (regardless of --max-connections) and drained like the others.
         for index in 0..self.acceptor.len() {
@@ -881,6 +928,7 @@ impl Server {
     /// Lets every time-driven source of [`Server::deadlines`] act on the
     /// clock, whatever the state: each knows when it has nothing to do.
     fn on_clock(&mut self, now: Instant) {
+        self.on_idle_clock(now);
         if self.acceptor.on_clock(now, self.slots.len()) {
             self.accept_all();
         }
@@ -920,11 +968,15 @@ impl Server {
     /// reading off queued input first so each close sends FIN rather than
     /// RST where it can.
     fn close_all(&mut self, why: DrainEnd) {
+        let mut idle_closed = 0;
         for (_, slot) in self.slots.iter_mut() {
             slot.conn.discard_unread(&mut self.ctx.buf);
             slot.conn.release(&mut self.ctx);
+            // Counted as idle_closed already.
+            idle_closed += u64::from(slot.conn.is_idle_closed() && !slot.closing);
         }
-        let open = (self.slots.len() - self.closing.len()) as u64;
+        self.idle.clear_lingers();
+        let open = (self.slots.len() - self.closing.len()) as u64 - idle_closed;
         match why {
             DrainEnd::Forced => self.stats.closed_forced += open,
             _ => self.stats.closed_at_deadline += open,
@@ -955,7 +1007,7 @@ impl Server {
         };
         let s = &self.stats;
         info!(
-            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s closed_by_peer={} closed_on_error={} idle_closed={} rejected_per_ip={} log_lines_dropped={} notifications_dropped={}{}",
+            "stats: state={state} connections={} accepted={} bytes_echoed={} pending={} uptime={:.1}s closed_by_peer={} closed_on_error={} idle_closed={} rejected_per_ip={} idle_timeout={}s max_connections_per_ip={} log_lines_dropped={} notifications_dropped={}{}",
             self.slots.len(),
             s.accepted,
             self.ctx.bytes_echoed,
@@ -965,6 +1017,8 @@ impl Server {
             s.closed_on_error,
             s.idle_closed,
             s.rejected_per_ip,
+            self.config.idle_timeout.as_secs_f64(),
+            self.config.max_connections_per_ip,
             crate::log_lines_dropped(),
             self.notifier.dropped(),
             LogFields(self.udp.configured_stats())
@@ -1065,13 +1119,15 @@ impl Server {
         };
         let s = &summary.stats;
         info!(
-            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={}{}",
+            "{label}: reason={reason} end={end} left={} closed_at_deadline={} closed_forced={} accepted={} bytes_echoed={} log_lines_dropped={} idle_closed={} rejected_per_ip={}{}",
             s.left,
             s.closed_at_deadline,
             s.closed_forced,
             s.accepted,
             s.bytes_echoed,
             s.log_lines_dropped,
+            s.idle_closed,
+            s.rejected_per_ip,
             LogFields(self.udp.configured_stats())
         );
         summary
@@ -1134,7 +1190,7 @@ mod tests {
         let server = Server::bind(config.clone()).unwrap();
         let addr = server.health_addr().expect("a health address");
         assert_ne!(addr.port(), 0);
-        assert_eq!(server.deadlines(), [None; 5], "nothing to wake for yet");
+        assert_eq!(server.deadlines(), [None; 6], "nothing to wake for yet");
         config.health = Some(addr);
         let err = Server::bind(config).unwrap_err();
         assert_eq!(

@@ -15,7 +15,10 @@ use crate::udp::UdpStats;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Connections accepted since start.
+    /// Connections accepted since start, those the per-address limit closed
+    /// at once included: every one is either still open or counted once
+    /// by a close reason (`closed_by_peer`, `closed_on_error`,
+    /// `idle_closed`, `rejected_per_ip`, `closed_at_deadline`, `closed_forced`).
     pub accepted: u64,
     /// Bytes echoed since start (read and queued for echo).
     pub bytes_echoed: u64,
@@ -24,13 +27,6 @@ pub struct Stats {
     pub closed_by_peer: u64,
     /// Connections closed because their socket failed (reset, broken pipe).
     pub closed_on_error: u64,
-    /// Connections closed because `--idle-timeout` passed with nothing
-    /// received or sent (docs/protocol.md "Protections").
-    pub idle_closed: u64,
-    /// Connections accepted and closed at once because their address was at
-    /// `--max-connections-per-ip` (docs/protocol.md "Protections"); counted
-    /// in `accepted` too.
-    pub rejected_per_ip: u64,
     /// Connections that closed on their own after the drain began.
     pub left: u64,
     /// Connections the server closed at the drain's deadline.
@@ -38,6 +34,14 @@ pub struct Stats {
     /// Connections the server closed at a forced stop (another signal while
     /// draining).
     pub closed_forced: u64,
+    /// Connections the server closed because they were idle for
+    /// `--idle-timeout` (docs/protocol.md "Protections"), counted when their
+    /// write side is shut down; their socket's own close later is not
+    /// counted again under another reason.
+    pub idle_closed: u64,
+    /// Connections accepted and closed at once because their source already
+    /// held `--max-connections-per-ip` (or the address table was full).
+    pub rejected_per_ip: u64,
     /// Log lines dropped because stderr would not take them at once
     /// (docs/protocol.md "Logs and notifications are best effort"); 0 unless
     /// echod's own logger is installed.

@@ -101,8 +101,14 @@ fn echoing_allocates_nothing_per_message_once_connections_are_established() {
         before > 0,
         "the counting allocator saw no server allocation at all"
     );
-    round_trips(&mut clients, 2_000);
-    datagram_round_trips(&datagrams, udp, 2_000);
+    // At least 2,000 rounds and 1.2 s, so that timers come due meanwhile.
+    let window = std::time::Instant::now();
+    let mut rounds = 0;
+    while rounds < 2_000 || window.elapsed() < Duration::from_millis(1_200) {
+        round_trips(&mut clients, 100);
+        datagram_round_trips(&datagrams, udp, 100);
+        rounds += 100;
+    }
     let after = SERVER_ALLOCS.load(Ordering::SeqCst);
     assert_eq!(
         after - before,

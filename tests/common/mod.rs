@@ -314,6 +314,26 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// Connects from the local address `from` (any port), e.g. `127.0.0.2`,
+/// so a test can be a second source on loopback; same timeouts as [`connect`].
+#[track_caller]
+pub fn connect_from(from: IpAddr, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::new(from, 0).into())
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    socket
+        .connect(&addr.into())
+        .unwrap_or_else(|e| panic!("connect {addr} from {from}: {e}"));
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(LIMIT)).expect("read timeout");
+    stream
+        .set_write_timeout(Some(LIMIT))
+        .expect("write timeout");
+    stream
+}
+
 /// Reads until end-of-stream; panics on a reset or timeout.
 #[track_caller]
 pub fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {

@@ -128,6 +128,12 @@ Options:
       --max-pending-total BYTES unsent echo bytes of all connections together (the memory
                                 budget); when spent, connections that need more pause [default: 16M]
       --backlog N               listen backlog [default: 1024]
+      --idle-timeout SECS       close a connection that received and sent nothing this long
+                                (FIN, no notice), checked every quarter of it, 15 s apart at
+                                most; fractions allowed; 0 = never [default: 0]
+      --max-connections-per-ip N
+                                connections one IPv4 address or IPv6 /64 may hold at once; more
+                                are closed at once with nothing sent; 0 = no limit [default: 0]
       --reuse-port              set SO_REUSEPORT so several processes share the port
       --handover-socket PATH    offer a take-over: listen on this Unix socket (mode 0600) and
                                 hand every listening socket (TCP, UDP, health) to the echod
@@ -232,6 +238,15 @@ where
                 options.log_timestamps = parse_on_off("--log-timestamps", &value)?;
             }
             Long("reuse-port") => config.reuse_port = true,
+            // docs/protocol.md "Protections".
+            Long("idle-timeout") => {
+                let value = string_value(&mut parser, "--idle-timeout")?;
+                config.idle_timeout = parse_seconds("--idle-timeout", &value)?;
+            }
+            Long("max-connections-per-ip") => {
+                let value = string_value(&mut parser, "--max-connections-per-ip")?;
+                config.max_connections_per_ip = parse_count("--max-connections-per-ip", &value)?;
+            }
             Long("handover-socket") => {
                 let value = PathBuf::from(parser.value().map_err(lexopt_error)?);
                 check_socket_path("--handover-socket", &value, true)?;
@@ -470,6 +485,10 @@ mod tests {
             "--log-level",
             "debug",
             "--reuse-port",
+            "--idle-timeout",
+            "300",
+            "--max-connections-per-ip",
+            "5",
             "--handover-socket",
             "/run/echod/handover.sock",
             "--take-over",
@@ -493,6 +512,8 @@ mod tests {
         assert_eq!(options.pid_file, Some(PathBuf::from("/tmp/x.pid")));
         assert_eq!(options.log_level, Some(LevelFilter::Debug));
         assert!(config.reuse_port);
+        assert_eq!(config.idle_timeout, Duration::from_secs(300));
+        assert_eq!(config.max_connections_per_ip, 5);
         assert_eq!(
             options.handover_socket,
             Some(PathBuf::from("/run/echod/handover.sock"))
@@ -648,6 +669,22 @@ mod tests {
             (
                 &["--udp", "nonsense"],
                 "--udp \"nonsense\": expected IP:PORT",
+            ),
+            (
+                &["--idle-timeout", "-5"],
+                "--idle-timeout \"-5\": must be zero or more seconds",
+            ),
+            (
+                &["--idle-timeout", "never"],
+                "--idle-timeout \"never\": expected seconds",
+            ),
+            (
+                &["--max-connections-per-ip", "-1"],
+                "--max-connections-per-ip \"-1\": expected a whole number",
+            ),
+            (
+                &["--max-connections-per-ip", "99999999999999999999"],
+                "--max-connections-per-ip \"99999999999999999999\": is too large",
             ),
             (&["--bogus"], "invalid option '--bogus'"),
             (&["--listen"], "missing argument for option '--listen'"),
