@@ -158,8 +158,9 @@ pub fn unblock_signals(signals: &[libc::c_int]) -> io::Result<()> {
 
 /// Registers a handler that counts deliveries of `signal` in `count` and,
 /// once the count reaches `limit` (which the loop may lower as the drain
-/// goes on; any signal sharing the counter counts), removes
-/// `unlink` (the pid file), calls `say` and `_exit(0)`s at once.
+/// goes on; any signal sharing the counter counts), removes the pid file
+/// at `unlink` if it still holds this process's PID, calls `say` and
+/// `_exit(0)`s at once.
 ///
 /// This is docs/protocol.md "Draining" 6's third signal: it works even when the loop is
 /// stuck, because it runs in the handler. The counter also lets the loop
@@ -178,12 +179,14 @@ pub fn register_escalation(
     say: fn(),
 ) -> io::Result<signal_hook::SigId> {
     use std::sync::atomic::Ordering;
+    // Formatted now, not in the handler: the line the pid file holds.
+    let pid_line = format!("{}\n", std::process::id()).into_bytes();
     let action = move || {
         if count.fetch_add(1, Ordering::SeqCst) + 1 >= limit.load(Ordering::SeqCst) {
-            // Only async-signal-safe calls here: unlink, `say`, _exit.
+            // Only async-signal-safe calls here: open, read, close, unlink,
+            // `say`, _exit.
             if let Some(path) = &unlink {
-                // SAFETY: `path` is a valid NUL-terminated string owned by the closure.
-                unsafe { libc::unlink(path.as_ptr()) };
+                unlink_if_ours(path, &pid_line);
             }
             say();
             signal_hook::low_level::exit(0);
@@ -192,6 +195,36 @@ pub fn register_escalation(
     // SAFETY: the action only touches atomics and calls async-signal-safe
     // functions (`say` is one by this function's contract).
     unsafe { signal_hook::low_level::register(signal, action) }
+}
+
+/// Removes the pid file at `path` if it still holds `pid_line` (this
+/// process's PID and a newline): after a take-over or a `--reuse-port`
+/// hand-over the path may hold the new instance's PID, which is not ours to
+/// remove (docs/protocol.md "Command line", pid file). Async-signal-safe:
+/// `open` (never following a symlink, never waiting), `read`, `close` and
+/// `unlink` on buffers that already exist.
+fn unlink_if_ours(path: &std::ffi::CStr, pid_line: &[u8]) {
+    // SAFETY: `path` is a valid NUL-terminated string; the flags ask for
+    // nothing that can wait.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    let mut buf = [0u8; 32];
+    // SAFETY: `buf` is valid for writes of its length; `fd` is ours.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` was opened above and is closed once.
+    unsafe { libc::close(fd) };
+    let ours = usize::try_from(n).is_ok_and(|n| buf.get(..n) == Some(pid_line));
+    if ours {
+        // SAFETY: `path` is a valid NUL-terminated string.
+        unsafe { libc::unlink(path.as_ptr()) };
+    }
 }
 
 /// Listening sockets handed over by a service manager (`LISTEN_PID` names

@@ -210,6 +210,33 @@ fn third_signal_exits_from_the_handler_and_says_so() {
     assert_eq!(read_to_eof(&mut client), b"", "{}", echod.stderr());
 }
 
+/// The third signal's handler removed the pid file whatever it held: after a
+/// take-over (or a `--reuse-port` hand-over) sharing the path, the old
+/// instance's handler removed the new instance's file. It now removes it
+/// only if it still holds this process's PID (issue 13).
+#[test]
+fn third_signal_leaves_a_pid_file_that_names_another_process() {
+    let pid_file =
+        std::env::temp_dir().join(format!("echod-third-other-{}.pid", std::process::id()));
+    let path = pid_file.to_str().expect("utf-8 path");
+    let mut echod = Echod::spawn(&["--drain-timeout", "60", "--pid-file", path]);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).expect("pid file"),
+        format!("{}\n", echod.pid())
+    );
+    // What a newer instance does: its own file renamed over the path.
+    let newer = pid_file.with_extension("newer");
+    std::fs::write(&newer, "4194301\n").expect("write the newer file");
+    std::fs::rename(&newer, &pid_file).expect("rename over the path");
+    three_signals_before_the_loop_can_look(echod.pid());
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).expect("the newer instance's pid file is still there"),
+        "4194301\n"
+    );
+    let _ = std::fs::remove_file(&pid_file);
+}
+
 /// Issue #8 item 4: the handler wrote its message to stderr before
 /// `_exit`; with stderr a full blocking pipe that write blocked and the
 /// process ran on, its pid file already gone.
