@@ -32,8 +32,8 @@ pub struct Notifier {
     target: Option<Target>,
     /// A status update is owed at this instant (the count changed).
     status_due: Option<Instant>,
-    /// The connection count last reported.
-    reported: Option<usize>,
+    /// The connection count and the protections' closes last reported.
+    reported: Option<(usize, (u64, u64))>,
     /// `STOPPING=1` was sent; from then on status follows the countdown only.
     stopping: bool,
     /// Datagrams dropped since start.
@@ -64,9 +64,9 @@ impl Notifier {
 
     /// `READY=1` with the first status line.
     pub fn ready(&mut self, connections: usize) {
-        self.reported = Some(connections);
+        self.reported = Some((connections, (0, 0)));
         let mut text = String::from("READY=1\n");
-        let _ = writeln!(text, "STATUS={}", serving(connections));
+        let _ = writeln!(text, "STATUS={}", serving(connections, (0, 0)));
         self.send(&text);
     }
 
@@ -109,7 +109,15 @@ impl Notifier {
     }
 
     /// Sends the status owed by now: serving, or (with `remaining`) draining.
-    pub fn on_clock(&mut self, now: Instant, connections: usize, remaining: Option<Duration>) {
+    /// `closed` is what the protections closed so far, `(idle, per
+    /// address)` (docs/protocol.md "Protections"), shown while serving.
+    pub fn on_clock(
+        &mut self,
+        now: Instant,
+        connections: usize,
+        closed: (u64, u64),
+        remaining: Option<Duration>,
+    ) {
         if self.target.is_none() {
             return;
         }
@@ -123,9 +131,9 @@ impl Notifier {
         }
         if self.status_due.is_some_and(|due| now >= due) {
             self.status_due = None;
-            if self.reported != Some(connections) {
-                self.reported = Some(connections);
-                self.send(&format!("STATUS={}\n", serving(connections)));
+            if self.reported != Some((connections, closed)) {
+                self.reported = Some((connections, closed));
+                self.send(&format!("STATUS={}\n", serving(connections, closed)));
             }
         }
     }
@@ -214,9 +222,15 @@ fn abstract_address(_name: &[u8]) -> io::Result<SocketAddr> {
 }
 
 /// `serving N connections`, singular for one.
-fn serving(connections: usize) -> String {
+fn serving(connections: usize, (idle, per_ip): (u64, u64)) -> String {
     let plural = if connections == 1 { "" } else { "s" };
-    format!("serving {connections} connection{plural}")
+    let mut text = format!("serving {connections} connection{plural}");
+    // The protections' closes, once there are any (docs/protocol.md
+    // "Protections"): a status with nothing to add stays short.
+    if idle > 0 || per_ip > 0 {
+        let _ = write!(text, "; closed idle {idle}, per address {per_ip}");
+    }
+    text
 }
 
 #[cfg(test)]
@@ -225,9 +239,13 @@ mod tests {
 
     #[test]
     fn status_counts_connections_in_english() {
-        assert_eq!(serving(0), "serving 0 connections");
-        assert_eq!(serving(1), "serving 1 connection");
-        assert_eq!(serving(2), "serving 2 connections");
+        assert_eq!(serving(0, (0, 0)), "serving 0 connections");
+        assert_eq!(serving(1, (0, 0)), "serving 1 connection");
+        assert_eq!(serving(2, (0, 0)), "serving 2 connections");
+        assert_eq!(
+            serving(2, (3, 1)),
+            "serving 2 connections; closed idle 3, per address 1"
+        );
     }
 
     #[test]

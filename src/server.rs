@@ -868,6 +868,12 @@ impl Server {
         }
     }
 
+    /// What the protections closed so far, `(idle, per address)`, for the
+    /// systemd status (docs/protocol.md "Protections").
+    fn protection_closes(&self) -> (u64, u64) {
+        (self.stats.idle_closed, self.stats.rejected_per_ip)
+    }
+
     /// Tells the signal handler how many drain signals make it exit.
     fn update_handler_exit(&self) {
         if let Some(watcher) = &self.signals {
@@ -903,8 +909,12 @@ impl Server {
         // The first draining status now, not a second later: a short drain
         // would otherwise only ever say STOPPING.
         let open = self.slots.len();
-        self.notifier
-            .on_clock(now, open, Some(self.config.drain_timeout));
+        self.notifier.on_clock(
+            now,
+            open,
+            self.protection_closes(),
+            Some(self.config.drain_timeout),
+        );
         let keys: Vec<usize> = self.slots.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.drain_connection(key);
@@ -932,7 +942,8 @@ impl Server {
         if self.acceptor.on_clock(now, self.slots.len()) {
             self.accept_all();
         }
-        self.notifier.on_clock(now, self.slots.len(), None);
+        self.notifier
+            .on_clock(now, self.slots.len(), self.protection_closes(), None);
         self.handover_on_clock(now);
         // No health connection open and no back-off: nothing to do there.
         if self.health_wakeup.is_some() {
@@ -947,8 +958,12 @@ impl Server {
                         remaining.as_secs_f64(),
                         self.slots.len()
                     );
-                    self.notifier
-                        .on_clock(now, self.slots.len(), Some(remaining));
+                    self.notifier.on_clock(
+                        now,
+                        self.slots.len(),
+                        self.protection_closes(),
+                        Some(remaining),
+                    );
                 }
                 Due::Stop(DrainEnd::Deadline) => self.close_all(DrainEnd::Deadline),
                 Due::Stop(_) => {}

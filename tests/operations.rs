@@ -472,3 +472,38 @@ fn two_reuse_port_instances_both_accept() {
         assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
     }
 }
+
+/// Issue 11: the systemd status shows what the protections closed, here a
+/// connection refused by `--max-connections-per-ip`.
+#[test]
+fn notify_status_counts_connections_closed_by_the_per_address_limit() {
+    let notify = NotifySocket::bind("notify-per-ip");
+    let mut cmd = echod_command(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "2",
+        "--max-connections-per-ip",
+        "1",
+    ]);
+    cmd.env("NOTIFY_SOCKET", &notify.path);
+    let mut echod = Echod::spawn_command(cmd, 1);
+    notify.recv(&echod, LIMIT, "READY=1");
+    let mut kept = echod.connect();
+    assert_eq!(round_trip(&mut kept, b"kept"), b"kept");
+    // The second from the same address is closed at once: end-of-stream.
+    let mut rejected = echod.connect();
+    assert_eq!(read_to_eof(&mut rejected), b"", "{}", echod.stderr());
+    let mut status = notify.recv(&echod, LIMIT, "a status after the rejection");
+    while !status.contains("per address 1") {
+        status = notify.recv(&echod, LIMIT, "the status with the rejection");
+    }
+    assert_eq!(
+        status,
+        "STATUS=serving 1 connection; closed idle 0, per address 1\n"
+    );
+    echod.signal(libc::SIGTERM);
+    assert_eq!(read_to_eof(&mut kept), b"SHUTDOWN", "{}", echod.stderr());
+    drop(kept);
+    assert_eq!(echod.wait_exit(LIMIT).code(), Some(0), "{}", echod.stderr());
+}

@@ -136,6 +136,10 @@ impl Server {
         let rejected = self.acceptor.take_rejected();
         self.stats.rejected_per_ip += rejected;
         self.stats.accepted += rejected;
+        if rejected > 0 {
+            // The status shows the count (docs/protocol.md "Protections").
+            self.notifier.connections_changed();
+        }
     }
 }
 
