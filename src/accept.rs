@@ -10,7 +10,7 @@
 //! never decides the drain: the server asks it once more for the backlog
 //! ([`Acceptor::accept`]) and then closes it ([`Acceptor::close`]), after
 //! which it is a dead time-driven source that answers `None`.
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -376,9 +376,10 @@ impl Acceptor {
         loop {
             let accepted = self.listeners.get(index)?.socket.accept();
             match accepted {
-                Ok((stream, peer)) => {
+                Ok((mut stream, peer)) => {
                     self.state.did_not_fail();
-                    if limited && self.per_ip.is_enabled() && !self.admit_source(&stream, peer) {
+                    if limited && self.per_ip.is_enabled() && !self.admit_source(&mut stream, peer)
+                    {
                         continue;
                     }
                     // Echo replies are written as soon as the bytes arrive;
@@ -433,7 +434,7 @@ impl Acceptor {
     /// not a reset, and nothing is sent (docs/protocol.md "Protections").
     #[cold]
     #[inline(never)]
-    fn admit_source(&mut self, stream: &mio::net::TcpStream, peer: SocketAddr) -> bool {
+    fn admit_source(&mut self, stream: &mut mio::net::TcpStream, peer: SocketAddr) -> bool {
         let now = *self.batch_now.get_or_insert_with(Instant::now);
         let source = Source::of(peer.ip());
         let warn_now = match self.per_ip.admit(source, now) {
@@ -451,7 +452,8 @@ impl Acceptor {
             );
         }
         debug!("connection rejected: peer={peer} source={source} per-address limit");
-        discard_input(stream);
+        // Input that already arrived is read off, so the close is a FIN.
+        crate::connection::read_off(stream, &mut [0u8; 2048], 32);
         self.rejected += 1;
         // The caller drops the stream: the close sends FIN.
         false
@@ -543,22 +545,6 @@ impl Acceptor {
         self.sources = Vec::new();
         self.admitting = None;
         std::mem::take(&mut self.listeners)
-    }
-}
-
-/// Reads off what a rejected connection already sent (bounded), so that
-/// closing it sends FIN, not a reset: the kernel resets a socket closed with
-/// unread input.
-fn discard_input(stream: &mio::net::TcpStream) {
-    let mut buf = [0u8; 2048];
-    let mut reader = stream;
-    for _ in 0..32 {
-        match reader.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
     }
 }
 

@@ -372,12 +372,7 @@ impl<S: Stream> Connection<S> {
     /// the socket sends FIN rather than RST (the kernel resets a socket closed
     /// with unread input, which can destroy a notice still in flight).
     pub fn discard_unread(&mut self, buf: &mut [u8]) {
-        for _ in 0..64 {
-            match self.stream.read(buf) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
+        read_off(&mut self.stream, buf, 64);
     }
 
     fn advance(&mut self, ctx: &mut Ctx, ready: Readiness) -> io::Result<Resume> {
@@ -589,6 +584,23 @@ impl<S: Stream> Connection<S> {
             }
         };
         Step::Keep { interest, resume }
+    }
+}
+
+/// Reads and drops what `stream` has queued, at most `max_reads` reads into
+/// `buf`, stopping at end-of-stream or any error but `Interrupted`: closing
+/// a socket with unread input makes the kernel answer with a reset instead
+/// of FIN, which can destroy what the peer has not read yet. The one
+/// read-off every close path uses (connections, health connections,
+/// connections refused by the per-address limit).
+pub(crate) fn read_off<S: Stream>(stream: &mut S, buf: &mut [u8], max_reads: usize) {
+    for _ in 0..max_reads {
+        match stream.read(buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
 }
 

@@ -257,14 +257,7 @@ impl<S: Stream> HealthConn<S> {
     /// that closing the socket at the deadline sends FIN rather than the
     /// reset the kernel answers unread input with, where it can.
     pub fn discard_unread(&mut self) {
-        for _ in 0..LINGER_READS {
-            match self.stream.read(&mut self.buf) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
-            }
-        }
+        crate::connection::read_off(&mut self.stream, &mut self.buf, LINGER_READS);
     }
 
     /// Reads and drops input until the peer closes. Closing a socket with
