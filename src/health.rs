@@ -41,8 +41,7 @@ use slab::Slab;
 
 pub use conn::{HealthConn, HealthStep};
 pub use metrics::{CloseReason, MetricsSnapshot};
-// Filled by the UDP sockets' counters once they are wired (issue 12).
-#[allow(unused_imports)]
+// Filled from the UDP sockets' counters (`UdpStats::to_metrics`).
 pub use metrics::UdpCounters;
 
 /// Health connections open at once; the next one waits in the listener's
